@@ -1,0 +1,408 @@
+"""The FastAPI application: routes, lifespan (models loaded once into ``app.state``), uploads, metrics.
+
+CPU work (decoding, detection, the classifier) runs in ``app.state.executor``, a thread pool sized to the cores,
+so the event loop only moves bytes. Uploads are parsed in memory with a byte cap while they stream in: Starlette's
+form parser spools files over 1 MB to disk, and nothing a user sends may be written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.config import Settings, get_settings, resolve_path
+from server.pipeline import EmotionPipeline, InputError, decode_image
+from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse
+
+log = logging.getLogger("server")
+T = TypeVar("T")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Empty, malformed or undecodable input",
+        413: "Over the byte or pixel limit",
+        415: "Not an image content type",
+        422: "Missing `file` field or invalid parameter",
+    }.items()
+}
+
+
+# --- metrics (Prometheus text format, in-process) -------------------------------------------------------------
+
+
+class Metrics:
+    """Counters and histograms rendered in the Prometheus text exposition format; no client library needed."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._meta: dict[str, tuple[str, str]] = {}  # name -> (type, help)
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._hists: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}  # buckets..., sum, count
+
+    def inc(self, name: str, help: str, value: float = 1.0, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._meta.setdefault(name, ("counter", help))
+            self._counters[key] = self._counters.get(key, 0.0) + value
+
+    def observe(self, name: str, help: str, value: float, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._meta.setdefault(name, ("histogram", help))
+            h = self._hists.setdefault(key, [0.0] * (len(self.BUCKETS) + 2))
+            for i, bound in enumerate(self.BUCKETS):
+                if value <= bound:
+                    h[i] += 1
+            h[-2] += value
+            h[-1] += 1
+
+    def render(self) -> str:
+        def fmt(labels: tuple[tuple[str, str], ...], extra: tuple[tuple[str, str], ...] = ()) -> str:
+            items = labels + extra
+            if not items:
+                return ""
+            escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                       for k, v in items)
+            return "{" + ",".join(escaped) + "}"
+
+        lines: list[str] = []
+        with self._lock:
+            for name, (kind, help) in sorted(self._meta.items()):
+                lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+                if kind == "counter":
+                    for (n, labels), v in sorted(self._counters.items()):
+                        if n == name:
+                            lines.append(f"{name}{fmt(labels)} {v:g}")
+                else:
+                    for (n, labels), h in sorted(self._hists.items()):
+                        if n != name:
+                            continue
+                        for bound, count in zip(self.BUCKETS, h, strict=False):
+                            lines.append(f"{name}_bucket{fmt(labels, (('le', f'{bound:g}'),))} {count:g}")
+                        lines.append(f"{name}_bucket{fmt(labels, (('le', '+Inf'),))} {h[-1]:g}")
+                        lines.append(f"{name}_sum{fmt(labels)} {h[-2]:.6f}")
+                        lines.append(f"{name}_count{fmt(labels)} {h[-1]:g}")
+        return "\n".join(lines) + "\n"
+
+
+class MetricsMiddleware:
+    """Counts HTTP requests by route template and status, and times them (pure ASGI, so streaming is untouched)."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            route = "static" if route == "" else route or "unmatched"
+            self.metrics.inc("emotion_http_requests_total", "HTTP requests by route and status.",
+                             method=scope["method"], route=route, status=str(status))
+            self.metrics.observe("emotion_http_request_duration_seconds", "HTTP request latency.",
+                                 time.perf_counter() - start, route=route)
+
+
+# --- uploads ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Upload:
+    data: bytes
+    content_type: str
+    filename: str | None = None
+
+
+async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", field: str = "file") -> Upload:
+    """The uploaded file from a multipart field ``field`` or a raw ``kind/*`` body, in memory, at most ``max_bytes``.
+
+    Raises ``InputError``: 413 over the limit (checked on Content-Length first, then while streaming), 415 for
+    another content type, 400 for an empty body or broken multipart, 422 for a form without ``field``.
+    """
+    content_type = request.headers.get("content-type", "")
+    mime, options = parse_options_header(content_type)
+    mime_str = mime.decode("latin-1").lower()
+    declared = request.headers.get("content-length")
+    overhead = 64 * 1024 if mime_str == "multipart/form-data" else 0  # boundaries and part headers
+    if declared and declared.isdigit() and int(declared) > max_bytes + overhead:
+        raise InputError(413, f"upload is {declared} bytes, over the limit of {max_bytes} bytes")
+
+    if mime_str == "multipart/form-data":
+        return await _read_multipart(request, options.get(b"boundary"), max_bytes, kind, field)
+    if not mime_str.startswith(f"{kind}/"):
+        shown = mime_str or "none"
+        raise InputError(415, f"unsupported content type {shown!r}: send a multipart form with a {field!r} field "
+                              f"or a raw body with Content-Type {kind}/*")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise InputError(413, f"upload is over the limit of {max_bytes} bytes")
+    if not body:
+        raise InputError(400, f"empty body: no {kind} data was sent")
+    return Upload(bytes(body), mime_str)
+
+
+async def _read_multipart(request: Request, boundary: bytes | None, max_bytes: int, kind: str, field: str) -> Upload:
+    if not boundary:
+        raise InputError(400, "multipart body without a boundary in its Content-Type")
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b""}
+    found: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    size = 0
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].decode("latin-1").lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
+        state["current"] = disp.get(b"name", b"").decode("utf-8", "replace")
+        if state["current"] == field and "type" not in found:
+            part_type = parse_options_header(state["headers"].get("content-type", b""))[0].decode("latin-1").lower()
+            found["type"] = part_type
+            found["filename"] = disp.get(b"filename", b"").decode("utf-8", "replace") or None
+            # Browsers and curl label unknown files application/octet-stream; the bytes decide then.
+            if part_type and not part_type.startswith(f"{kind}/") and part_type != "application/octet-stream":
+                raise InputError(415, f"field {field!r} has content type {part_type!r}, expected {kind}/*")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        nonlocal size
+        if state.get("current") == field and not found.get("done"):
+            size += end - start
+            if size > max_bytes:
+                raise InputError(413, f"upload is over the limit of {max_bytes} bytes")
+            chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        if state.get("current") == field and "type" in found:
+            found["done"] = True
+        state["headers"], state["current"] = {}, None
+
+    parser = MultipartParser(boundary, {
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InputError(400, f"malformed multipart body: {exc}") from exc
+    if "type" not in found:
+        raise InputError(422, f"multipart form has no {field!r} field: send the {kind} as {field}=@<path>")
+    data = b"".join(chunks)
+    if not data:
+        raise InputError(400, f"field {field!r} is empty: no {kind} data was sent")
+    return Upload(data, found["type"] or "application/octet-stream", found.get("filename"))
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+async def run_cpu(app: FastAPI, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in the app's CPU pool, off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(app.state.executor, fn, *args)
+
+
+def predict_bytes(pipeline: EmotionPipeline, data: bytes, settings: Settings, max_faces: int | None = None
+                  ) -> PredictResponse:
+    """Decode + predict, for the thread pool; also used by the WebSocket route."""
+    t0 = time.perf_counter()
+    image = decode_image(data, settings)
+    decode_ms = (time.perf_counter() - t0) * 1e3
+    faces, timings = pipeline.predict(image, max_faces)
+    timings = {"decode": round(decode_ms, 3), **timings, "total": round(decode_ms + timings["total"], 3)}
+    return PredictResponse(width=image.shape[1], height=image.shape[0], faces=faces, timings_ms=timings)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+PLACEHOLDER_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Emotion service</title></head>
+<body><h1>Emotion service</h1><p>The web page is not installed (no <code>web/index.html</code>).
+See <a href="/docs">/docs</a> for the API.</p></body></html>"""
+
+
+# --- routes --------------------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERROR_RESPONSES,
+    summary="Detect every face in an image and classify its emotion",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"],
+                               "properties": {"file": {"type": "string", "format": "binary"}}}
+                },
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def predict(
+    request: Request, max_faces: int | None = Query(None, ge=1, description="Keep at most this many faces.")
+) -> PredictResponse:
+    app = request.app
+    settings: Settings = app.state.settings
+    upload = await read_upload(request, max_bytes=settings.max_upload_bytes, kind="image")
+    result = await run_cpu(app, predict_bytes, app.state.pipeline, upload.data, settings, max_faces)
+    metrics: Metrics = app.state.metrics
+    metrics.inc("emotion_faces_detected_total", "Faces found in predicted images.", len(result.faces))
+    for stage in ("decode", "detect", "classify"):
+        metrics.observe("emotion_stage_duration_seconds", "Pipeline stage latency.",
+                        result.timings_ms[stage] / 1e3, stage=stage)
+    return result
+
+
+@router.get("/model", response_model=ModelInfo, summary="The emotion model's metadata and the face detector in use")
+async def model_info(request: Request) -> ModelInfo:
+    pipeline: EmotionPipeline = request.app.state.pipeline
+    spec = pipeline.classifier.spec
+    return ModelInfo(
+        path=str(pipeline.classifier.path), labels=spec.labels, input_size=list(spec.input_size),
+        channels=spec.channels, mean=spec.mean, std=spec.std, crop_margin=spec.crop_margin,
+        metadata=spec.metadata, detector=pipeline.detector.name,
+        detector_path=str(pipeline.detector.path) if pipeline.detector.path else None,
+    )
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness")
+async def healthz() -> HealthResponse:
+    return HealthResponse()
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
+            summary="Readiness: the model and detector are loaded")
+async def readyz(request: Request) -> ReadyResponse | JSONResponse:
+    pipeline: EmotionPipeline | None = getattr(request.app.state, "pipeline", None)
+    if pipeline is None:
+        return JSONResponse(ReadyResponse(ready=False).model_dump(), status_code=503)
+    return ReadyResponse(ready=True, model=str(pipeline.classifier.path), detector=pipeline.detector.name)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+# --- application -----------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    # A model that breaks the contract stops start-up here, with the ModelError naming the key.
+    pipeline = EmotionPipeline.from_settings(settings)
+    spec = pipeline.classifier.spec
+    log.info("model %s: %d labels %s, input %s x%d, crop margin %.2f", pipeline.classifier.path, len(spec.labels),
+             spec.labels, spec.input_size, spec.channels, spec.crop_margin)
+    log.info("face detector: %s%s (detection on copies of at most %d px)", pipeline.detector.name,
+             f" ({pipeline.detector.path})" if pipeline.detector.path else "", pipeline.detect_max_side)
+    app.state.pipeline = pipeline
+    app.state.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="emotion-cpu")
+    app.state.metrics.inc("emotion_model_info", "Loaded model and detector (value 1).", 0,
+                          model=str(pipeline.classifier.path), detector=pipeline.detector.name)
+    try:
+        yield
+    finally:
+        app.state.pipeline = None
+        app.state.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Emotion service",
+        description="Face detection (OpenCV) + ONNX emotion classification. Send an image to `POST /predict`.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.pipeline = None
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"}, status_code=500)
+
+    app.include_router(router)
+    # Routers of other modules (video, live) are included here, before the static mount below.
+
+    web_dir = resolve_path(Path(settings.web_dir))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Any:
+        page = web_dir / "index.html"
+        return FileResponse(page) if page.is_file() else HTMLResponse(PLACEHOLDER_PAGE)
+
+    # Mounted last: a mount at "/" matches every path, so routes added after it would never be reached.
+    if web_dir.is_dir():
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    return app
+
+
+app = create_app()

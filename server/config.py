@@ -1,0 +1,63 @@
+"""Service settings, read from the environment with the prefix ``EMOTION_`` (e.g. ``EMOTION_PORT=9000``)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The checkout the package runs from (editable install or ``python -m server`` in a clone); relative paths that do
+# not exist under the working directory are looked up here, so the service finds models/ and web/ from anywhere.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_path(path: Path) -> Path:
+    """``path`` as given if it exists (or is absolute), else the same relative path under the project root."""
+    if path.is_absolute() or path.exists():
+        return path
+    candidate = PROJECT_ROOT / path
+    return candidate if candidate.exists() else path
+
+
+class Settings(BaseSettings):
+    # protected_namespaces=() because "model_path" would otherwise clash with pydantic's "model_" namespace.
+    model_config = SettingsConfigDict(env_prefix="EMOTION_", protected_namespaces=(), extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    # Models.
+    model_path: Path = Path("models/emotion_ferplus.onnx")
+    yunet_path: Path = Path("models/face_detection_yunet_2023mar.onnx")
+    detector: Literal["auto", "yunet", "haar"] = "auto"  # auto: YuNet when its file is present, Haar otherwise
+
+    # Detection runs on a copy whose longer side is at most this; crops come from the full-resolution image.
+    detect_max_side: int = Field(640, ge=64)
+    # Haar is the slow detector: it gets a smaller copy (faces under ~5% of the frame are lost; YuNet keeps them).
+    haar_max_side: int = Field(320, ge=64)
+    min_face_size: int = Field(20, ge=1)  # pixels of the sent image; smaller detections are dropped
+    max_faces: int = Field(32, ge=1)  # largest faces kept per image
+    yunet_score_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    yunet_nms_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    haar_scale_factor: float = Field(1.15, gt=1.0)
+    haar_min_neighbors: int = Field(5, ge=0)
+
+    # CPU: requests run in parallel in a thread pool, so each onnxruntime call stays on few threads.
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    intra_op_threads: int = Field(1, ge=1)
+
+    # Input limits: bytes are checked while reading, pixels from the image header before decoding.
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+
+    web_dir: Path = Path("web")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,285 @@
+"""Image -> faces: decode, detect on a downscaled copy, crop from full resolution, classify in one batch.
+
+No web framework here, so training and evaluation code can reuse ``crop_face`` and the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from server.classifier import EmotionClassifier
+from server.detector import Detection, FaceDetector, create_detector
+from server.schemas import Box, Face
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from server.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Circumplex coordinates (valence, arousal) per emotion, after Russell (1980) "A circumplex model of affect" and
+# the placements commonly used for the basic emotions. A face's valence/arousal is the probability-weighted sum
+# over the model's labels; a label missing from this table contributes 0 to both.
+CIRCUMPLEX: dict[str, tuple[float, float]] = {
+    "happy": (0.8, 0.5),
+    "surprise": (0.4, 0.8),
+    "neutral": (0.0, 0.0),
+    "contempt": (-0.5, 0.2),
+    "disgust": (-0.7, 0.3),
+    "angry": (-0.6, 0.7),
+    "fear": (-0.6, 0.6),
+    "sad": (-0.7, -0.4),
+}
+
+SUPPORTED_FORMATS = "JPEG, PNG, WebP or BMP"
+
+
+class InputError(Exception):
+    """Input the client got wrong; ``status_code`` is the HTTP status it maps to."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+# --- header sniffing: the size of an image without decoding it (decompression-bomb guard) ---------------------
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_format_and_size(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) from the header of a JPEG, PNG, WebP or BMP; None if not one of those or unreadable.
+
+    Only these formats are decoded, so every image is sized before cv2 allocates its pixels.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", data[16:24])
+            return "png", w, h
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:2] == b"BM":
+            header_size = struct.unpack("<I", data[14:18])[0]
+            if header_size == 12:  # BITMAPCOREHEADER: 16-bit unsigned sizes
+                w, h = struct.unpack("<HH", data[18:22])
+            else:
+                w, h = struct.unpack("<ii", data[18:26])
+            return "bmp", abs(w), abs(h)  # negative height means top-down rows
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length field
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if marker in _JPEG_SOF:
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return "jpeg", w, h
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[str, int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: frame tag (3 bytes), start code 9d 01 2a, then 14-bit width / height
+        if data[23:26] != b"\x9d\x01\x2a":
+            return None
+        w, h = struct.unpack("<HH", data[26:30])
+        return "webp", w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L":  # lossless: signature 0x2f, then (width-1) and (height-1) in 14 bits each
+        if data[20] != 0x2F:
+            return None
+        bits = int.from_bytes(data[21:25], "little")
+        return "webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: canvas (width-1) and (height-1) in 24 bits each
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return "webp", w, h
+    return None
+
+
+def decode_image(data: bytes, settings: Settings | None = None, *, max_pixels: int | None = None) -> np.ndarray:
+    """Bytes of a JPEG/PNG/WebP/BMP -> BGR uint8 image; ``InputError`` (400 / 413) for bad or oversized input.
+
+    The pixel limit is checked on the header, before decoding, so a small file that claims a huge canvas (a
+    decompression bomb) is refused without allocating it.
+    """
+    if max_pixels is None:
+        max_pixels = settings.max_pixels if settings is not None else 40_000_000
+    if not data:
+        raise InputError(400, "empty body: send an image (JPEG, PNG, WebP or BMP)")
+    if settings is not None and len(data) > settings.max_upload_bytes:
+        raise InputError(413, f"image is {len(data)} bytes, over the limit of {settings.max_upload_bytes} bytes")
+    header = image_format_and_size(data)
+    if header is None:
+        raise InputError(400, f"could not decode the image: not a readable {SUPPORTED_FORMATS} file")
+    fmt, w, h = header
+    if w <= 0 or h <= 0:
+        raise InputError(400, f"could not decode the image: the {fmt.upper()} header gives a size of {w}x{h}")
+    if w * h > max_pixels:
+        raise InputError(413, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise InputError(400, f"could not decode the image: the {fmt.upper()} data is corrupt or truncated")
+    return image
+
+
+# --- crop ----------------------------------------------------------------------------------------------------
+
+
+def square_box(box: Sequence[float], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The crop region (x0, y0, x1, y1): a square of side max(w, h) * (1 + 2 * margin) centred on the box,
+    clamped to the image (so it is only non-square at the image border)."""
+    x, y, w, h = (float(v) for v in box)
+    side = max(w, h) * (1.0 + 2.0 * margin)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    x0 = max(0, int(round(cx - side / 2.0)))
+    y0 = max(0, int(round(cy - side / 2.0)))
+    x1 = min(width, int(round(cx + side / 2.0)))
+    y1 = min(height, int(round(cy + side / 2.0)))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def crop_face(
+    image: np.ndarray, box: Sequence[float] | Box, margin: float, size: int | Sequence[int], channels: int
+) -> np.ndarray:
+    """Cut the model's input for one face: uint8 [H, W] (channels=1, gray) or [H, W, 3] (channels=3, RGB).
+
+    ``image`` is BGR (or already gray); ``box`` is (x, y, w, h) in its pixels; ``size`` is an int or (H, W).
+    """
+    if isinstance(box, Box):
+        box = (box.x, box.y, box.w, box.h)
+    out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    x0, y0, x1, y1 = square_box(box, margin, image.shape[1], image.shape[0])
+    region = image[y0:y1, x0:x1]
+    if channels == 1:
+        if region.ndim == 3:
+            region = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
+    elif channels == 3:
+        region = cv2.cvtColor(region, cv2.COLOR_GRAY2RGB if region.ndim == 2 else cv2.COLOR_BGR2RGB)
+    else:
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    # INTER_AREA when shrinking (the usual case) averages instead of aliasing; upscaling tiny faces wants linear.
+    interp = cv2.INTER_AREA if region.shape[0] >= out_h and region.shape[1] >= out_w else cv2.INTER_LINEAR
+    return cv2.resize(region, (out_w, out_h), interpolation=interp)
+
+
+def valence_arousal(probabilities: dict[str, float]) -> tuple[float, float]:
+    valence = sum(p * CIRCUMPLEX.get(label, (0.0, 0.0))[0] for label, p in probabilities.items())
+    arousal = sum(p * CIRCUMPLEX.get(label, (0.0, 0.0))[1] for label, p in probabilities.items())
+    return valence, arousal
+
+
+# --- pipeline ------------------------------------------------------------------------------------------------
+
+
+class EmotionPipeline:
+    """``predict(image)`` -> (faces, timings_ms). Thread-safe: detectors are per-thread, the onnxruntime session
+    is safe to call concurrently."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        classifier: EmotionClassifier,
+        *,
+        detect_max_side: int = 640,
+        min_face_size: int = 20,
+        max_faces: int = 32,
+    ):
+        self.detector = detector
+        self.classifier = classifier
+        self.detect_max_side = detect_max_side
+        self.min_face_size = min_face_size
+        self.max_faces = max_faces
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmotionPipeline:
+        from server.config import resolve_path
+
+        detector = create_detector(
+            settings.detector,
+            resolve_path(Path(settings.yunet_path)),
+            yunet_score_threshold=settings.yunet_score_threshold,
+            yunet_nms_threshold=settings.yunet_nms_threshold,
+            haar_scale_factor=settings.haar_scale_factor,
+            haar_min_neighbors=settings.haar_min_neighbors,
+        )
+        classifier = EmotionClassifier(resolve_path(Path(settings.model_path)), settings.intra_op_threads)
+        max_side = settings.haar_max_side if detector.name == "haar" else settings.detect_max_side
+        return cls(detector, classifier, detect_max_side=max_side, min_face_size=settings.min_face_size,
+                   max_faces=settings.max_faces)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        """Faces in full-resolution pixels, largest first, at most ``max_faces``, none under ``min_face_size``."""
+        h, w = image_bgr.shape[:2]
+        scale = min(1.0, self.detect_max_side / max(h, w))
+        small = image_bgr
+        if scale < 1.0:
+            small = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
+                               interpolation=cv2.INTER_AREA)
+        found = self.detector.infer(small, min_size=max(1, int(self.min_face_size * scale)))
+        faces: list[Detection] = []
+        for d in found:
+            # Map back to full resolution and clip to the image; YuNet boxes may poke past the border.
+            x0, y0 = max(0.0, d.x / scale), max(0.0, d.y / scale)
+            x1, y1 = min(float(w), (d.x + d.w) / scale), min(float(h), (d.y + d.h) / scale)
+            if min(x1 - x0, y1 - y0) >= self.min_face_size:
+                faces.append(Detection(x0, y0, x1 - x0, y1 - y0, d.score))
+        faces.sort(key=lambda d: d.w * d.h, reverse=True)
+        return faces
+
+    def predict(self, image_bgr: np.ndarray, max_faces: int | None = None) -> tuple[list[Face], dict[str, float]]:
+        t0 = time.perf_counter()
+        limit = self.max_faces if max_faces is None else max(0, min(max_faces, self.max_faces))
+        detections = self.detect(image_bgr)[:limit]
+        t1 = time.perf_counter()
+        spec = self.classifier.spec
+        faces: list[Face] = []
+        if detections:
+            crops = np.stack([crop_face(image_bgr, (d.x, d.y, d.w, d.h), spec.crop_margin, spec.input_size,
+                                        spec.channels) for d in detections])
+            probs = self.classifier.infer(crops)
+            for d, p in zip(detections, probs, strict=True):
+                probabilities = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}
+                best = int(np.argmax(p))
+                valence, arousal = valence_arousal(probabilities)
+                faces.append(Face(
+                    box=Box(x=int(round(d.x)), y=int(round(d.y)), w=int(round(d.w)), h=int(round(d.h))),
+                    detection_score=round(d.score, 4),
+                    emotion=spec.labels[best],
+                    confidence=float(p[best]),
+                    probabilities=probabilities,
+                    valence=round(valence, 4),
+                    arousal=round(arousal, 4),
+                ))
+        t2 = time.perf_counter()
+        timings = {"detect": (t1 - t0) * 1e3, "classify": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+        return faces, {k: round(v, 3) for k, v in timings.items()}

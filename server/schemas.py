@@ -1,0 +1,58 @@
+"""Response models of the HTTP / WebSocket API (DESIGN.md, Contract 2)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Box(BaseModel):
+    """Face box in pixels of the image that was sent."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class Face(BaseModel):
+    box: Box
+    detection_score: float = Field(description="Detector confidence in [0, 1].")
+    emotion: str = Field(description="Most probable label.")
+    confidence: float = Field(description="Probability of `emotion`.")
+    probabilities: dict[str, float] = Field(description="Label -> probability, in the model's label order; sums to 1.")
+    valence: float = Field(description="Probability-weighted circumplex valence in [-1, 1] (unpleasant -> pleasant).")
+    arousal: float = Field(description="Probability-weighted circumplex arousal in [-1, 1] (calm -> excited).")
+
+
+class PredictResponse(BaseModel):
+    width: int
+    height: int
+    faces: list[Face] = Field(description="Largest face first.")
+    timings_ms: dict[str, float] = Field(description="Stage -> milliseconds (decode, detect, classify, total).")
+
+
+class ModelInfo(BaseModel):
+    path: str
+    labels: list[str]
+    input_size: list[int] = Field(description="[H, W] of the classifier input.")
+    channels: int
+    mean: list[float]
+    std: list[float]
+    crop_margin: float
+    metadata: dict[str, str] = Field(description="All metadata_props of the ONNX file.")
+    detector: str = Field(description="Face detector in use: 'yunet' or 'haar'.")
+    detector_path: str | None = Field(None, description="Model file of the detector (None for the bundled Haar).")
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model: str | None = None
+    detector: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server import live
 from server.config import Settings, get_settings, resolve_path
 from server.pipeline import EmotionPipeline, InputError, decode_image
 from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse
@@ -391,6 +392,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(router)
     # Routers of other modules (video, live) are included here, before the static mount below.
+    app.include_router(live.router)
 
     web_dir = resolve_path(Path(settings.web_dir))
 

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
 
+    # Live stream (WS /ws): past the cap a client is told to retry later (close 1013); a bigger frame closes the
+    # connection (1009). The page sends frames of at most 640 px, a few tens of KB.
+    ws_max_connections: int = Field(16, ge=1)
+    ws_max_frame_bytes: int = Field(2 * 1024 * 1024, ge=1)
+    ws_default_max_faces: int = Field(10, ge=1)  # per connection until the client sends {"max_faces": n}
+
     web_dir: Path = Path("web")
 
 

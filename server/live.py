@@ -1,0 +1,296 @@
+"""``WS /ws``: the live stream. Binary messages are frames (JPEG/WebP/PNG); text messages are JSON control messages.
+
+Each connection runs two tasks. The receiver reads every message as soon as it arrives and keeps only the newest
+frame in a one-place slot, replacing (dropping) an older frame that was not started yet. The worker takes the frame
+from the slot, runs decode + pipeline in the app's thread pool and sends one JSON result. So a client that sends
+faster than the server can process never builds a queue: per connection there is at most one pending frame plus the
+one being processed, and the result the client sees is always for the newest frame it sent.
+
+Messages from the server (all JSON text):
+
+- result: ``{"type": "result", "frame_id", "width", "height", "faces", "server_ms", "dropped", "timings_ms"}``;
+  ``frame_id`` numbers the binary messages of the connection from 1, ``dropped`` counts frames replaced before
+  processing so far (so ``frame_id == results + errors + dropped`` for the frames up to it).
+- error: ``{"type": "error", "error": "...", "frame_id"?}``: undecodable or empty frame, bad control message; the
+  connection stays open.
+- ack: ``{"type": "ack", "config": {"max_faces": n}}`` after a control message ``{"max_faces": n}`` (optionally with
+  ``"type": "config"``); ``{"type": "ping"}`` gets ``{"type": "pong"}``.
+
+Close codes: 1009 for a frame over ``ws_max_frame_bytes``; 1013 (try again later) when ``ws_max_connections`` are
+already open, after an error message saying so; 1011 if the model is not loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field
+
+from server.pipeline import InputError
+from server.schemas import Face
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from server.config import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class LiveResult(BaseModel):
+    type: Literal["result"] = "result"
+    frame_id: int = Field(description="Number of the binary message on this connection, from 1.")
+    width: int = Field(description="Width of the decoded frame; boxes are in its pixels.")
+    height: int
+    faces: list[Face] = Field(description="Largest face first.")
+    server_ms: float = Field(description="Milliseconds from taking the frame to having its result.")
+    dropped: int = Field(description="Frames of this connection replaced by newer ones before processing, so far.")
+    timings_ms: dict[str, float]
+
+
+class LiveError(BaseModel):
+    type: Literal["error"] = "error"
+    error: str
+    frame_id: int | None = None
+
+
+class LiveAck(BaseModel):
+    type: Literal["ack"] = "ack"
+    config: dict[str, Any]
+
+
+@dataclass
+class Frame:
+    frame_id: int
+    data: bytes
+
+
+class LatestFrameSlot:
+    """A one-place mailbox where a new frame replaces one not yet taken; ``take`` waits for a frame."""
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        return 0 if self._frame is None else 1
+
+    def put(self, frame: Frame) -> None:
+        if self._frame is not None:
+            self.dropped += 1
+        self._frame = frame
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def take(self) -> Frame | None:
+        """The newest frame, or None once closed."""
+        while self._frame is None and not self._closed:
+            self._ready.clear()
+            await self._ready.wait()
+        frame, self._frame = self._frame, None
+        return frame
+
+
+class LiveHub:
+    """Connections of the app: the cap, and counters the tests and /metrics read."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.active = 0
+        self.rejected = 0
+        self.frames_received = 0
+        self.frames_processed = 0
+        self.frames_dropped = 0
+        self.max_pending = 0  # most frames ever waiting in one connection's slot (by design at most 1)
+
+    @classmethod
+    def of(cls, app: FastAPI) -> LiveHub:
+        # Created on first use: the event loop is single-threaded, so no race between connections.
+        hub = getattr(app.state, "live_hub", None)
+        if hub is None:
+            hub = app.state.live_hub = cls(app.state.settings.ws_max_connections)
+        return hub
+
+
+def parse_control(text: str, settings: Settings) -> dict[str, Any]:
+    """A control message -> config changes; ``ValueError`` with a message for the client when it is invalid."""
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'control messages are JSON objects such as {{"max_faces": 3}}: {exc.msg}') from exc
+    if not isinstance(message, dict):
+        raise ValueError('control messages are JSON objects such as {"max_faces": 3}')
+    kind = message.pop("type", "config")
+    if kind == "ping":
+        return {"ping": True}
+    if kind != "config":
+        raise ValueError(f"unknown message type {kind!r}: expected 'config' or 'ping'")
+    unknown = sorted(set(message) - {"max_faces"})
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}: the only setting is 'max_faces'")
+    config: dict[str, Any] = {}
+    if "max_faces" in message:
+        n = message["max_faces"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.max_faces:
+            raise ValueError(f"max_faces must be an integer from 1 to {settings.max_faces}, got {n!r}")
+        config["max_faces"] = n
+    return config
+
+
+class LiveSession:
+    """One WebSocket connection: a receiver filling the slot, a worker emptying it."""
+
+    def __init__(self, websocket: WebSocket, hub: LiveHub) -> None:
+        self.websocket = websocket
+        self.app = websocket.app
+        self.settings: Settings = self.app.state.settings
+        self.hub = hub
+        self.slot = LatestFrameSlot()
+        self.max_faces = self.settings.ws_default_max_faces
+        self.frames = 0
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: BaseModel | dict[str, Any]) -> None:
+        text = message.model_dump_json() if isinstance(message, BaseModel) else json.dumps(message)
+        # Receiver and worker both answer; one lock keeps their messages whole and in order.
+        async with self._send_lock:
+            await self.websocket.send_text(text)
+
+    async def run(self) -> None:
+        receiver = asyncio.create_task(self.receive_loop())
+        worker = asyncio.create_task(self.work_loop())
+        try:
+            done, _ = await asyncio.wait({receiver, worker}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                    log.error("live session failed", exc_info=exc)
+        finally:
+            self.slot.close()
+            for task in (receiver, worker):
+                task.cancel()
+            await asyncio.gather(receiver, worker, return_exceptions=True)
+
+    async def receive_loop(self) -> None:
+        metrics = self.app.state.metrics
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is not None:
+                self.frames += 1
+                self.hub.frames_received += 1
+                if len(data) > self.settings.ws_max_frame_bytes:
+                    await self.send(LiveError(
+                        frame_id=self.frames,
+                        error=f"frame is {len(data)} bytes, over the limit of {self.settings.ws_max_frame_bytes}",
+                    ))
+                    await self.websocket.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
+                    return
+                if not data:
+                    metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
+                    await self.send(LiveError(frame_id=self.frames, error="empty frame: send a JPEG or WebP image"))
+                    continue
+                before = self.slot.dropped
+                self.slot.put(Frame(self.frames, data))
+                if self.slot.dropped > before:
+                    self.hub.frames_dropped += 1
+                    metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="dropped")
+                self.hub.max_pending = max(self.hub.max_pending, self.slot.pending)
+            elif message.get("text") is not None:
+                await self.control(message["text"])
+
+    async def control(self, text: str) -> None:
+        try:
+            config = parse_control(text, self.settings)
+        except ValueError as exc:
+            await self.send(LiveError(error=str(exc)))
+            return
+        if config.pop("ping", False):
+            await self.send({"type": "pong"})
+            return
+        self.max_faces = config.get("max_faces", self.max_faces)
+        await self.send(LiveAck(config={"max_faces": self.max_faces}))
+
+    async def work_loop(self) -> None:
+        # Imported here: server.app imports this module to register the route.
+        from server.app import predict_bytes
+
+        loop = asyncio.get_running_loop()
+        metrics = self.app.state.metrics
+        pipeline = self.app.state.pipeline
+        while True:
+            frame = await self.slot.take()
+            if frame is None:
+                return
+            dropped = self.slot.dropped
+            start = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self.app.state.executor, predict_bytes, pipeline, frame.data,
+                                                    self.settings, self.max_faces)
+            except InputError as exc:
+                metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
+                await self.send(LiveError(frame_id=frame.frame_id, error=exc.detail))
+                continue
+            except Exception as exc:  # a bug, but one frame must not end the stream
+                log.exception("live frame %d failed", frame.frame_id)
+                metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
+                await self.send(LiveError(frame_id=frame.frame_id, error=f"internal error ({type(exc).__name__})"))
+                continue
+            server_s = time.perf_counter() - start
+            self.hub.frames_processed += 1
+            metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="processed")
+            metrics.observe("emotion_ws_frame_duration_seconds", "Live frame processing time.", server_s)
+            await self.send(LiveResult(
+                frame_id=frame.frame_id, width=result.width, height=result.height, faces=result.faces,
+                server_ms=round(server_s * 1e3, 3), dropped=dropped, timings_ms=result.timings_ms,
+            ))
+
+
+@router.websocket("/ws")
+async def live_stream(websocket: WebSocket) -> None:
+    """Live frames in, one JSON result per processed frame out; see the module docstring for the protocol."""
+    app = websocket.app
+    hub = LiveHub.of(app)
+    metrics = app.state.metrics
+    await websocket.accept()
+    if getattr(app.state, "pipeline", None) is None:
+        await websocket.send_text(LiveError(error="the model is not loaded yet; try again shortly").model_dump_json())
+        await websocket.close(CLOSE_INTERNAL_ERROR, "model not loaded")
+        return
+    if hub.active >= hub.max_connections:
+        # Accept first so a browser gets a readable message and close reason rather than a failed handshake.
+        hub.rejected += 1
+        metrics.inc("emotion_ws_connections_total", "Live connections by outcome.", outcome="rejected")
+        await websocket.send_text(LiveError(
+            error=f"server busy: {hub.max_connections} live connections are open; try again later"
+        ).model_dump_json())
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
+        return
+    hub.active += 1
+    metrics.inc("emotion_ws_connections_total", "Live connections by outcome.", outcome="accepted")
+    try:
+        await LiveSession(websocket, hub).run()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.active -= 1

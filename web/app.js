@@ -1,0 +1,222 @@
+// Wires the page: model info, live camera stream, timeline, session summary, upload panels.
+
+import { Camera, CameraError } from './camera.js';
+import { percent } from './emotions.js';
+import { LiveClient } from './live.js';
+import { FaceOverlay } from './overlay.js';
+import { renderBars, Session, StackedChart } from './timeline.js';
+import { setupImagePanel, setupVideoPanel } from './upload.js';
+
+const TIMELINE_WINDOW_S = 120;
+const TIMELINE_REDRAW_MS = 250;
+
+const $ = (id) => document.getElementById(id);
+
+const elements = {
+  modelInfo: $('model-info'),
+  toggle: $('camera-toggle'),
+  mirror: $('mirror'),
+  maxFaces: $('max-faces'),
+  status: $('live-status'),
+  video: $('video'),
+  overlay: $('overlay'),
+  placeholder: $('stage-placeholder'),
+  fps: $('stat-fps'),
+  rtt: $('stat-rtt'),
+  server: $('stat-server'),
+  faces: $('stat-faces'),
+  currentLabels: $('current-labels'),
+  summaryText: $('summary-text'),
+  summaryBars: $('summary-bars'),
+  csv: $('csv-download'),
+  reset: $('session-reset'),
+};
+
+let labels = [];
+const session = new Session();
+const timeline = new StackedChart($('timeline'), $('timeline-legend'));
+const overlay = new FaceOverlay(elements.overlay, elements.video);
+const camera = new Camera(elements.video);
+const resultTimes = [];
+let rttAverage = null;
+let timelineDirty = false;
+let timelineTimer = null;
+
+function setStatus(text, kind = 'info') {
+  elements.status.textContent = text;
+  elements.status.className = `status ${kind}`;
+}
+
+// GET /model: labels in output order (7 or 8 classes) plus what to show in the header.
+async function loadModelInfo() {
+  try {
+    const response = await fetch('model');
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const info = await response.json();
+    const meta = info.metadata ?? {};
+    labels = Array.isArray(info.labels) ? info.labels : [];
+    const parts = [
+      meta.label_source || meta.dataset,
+      labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
+      meta.version ? `version ${meta.version}` : null,
+      info.detector ? `face detector: ${info.detector}` : null,
+    ].filter(Boolean);
+    elements.modelInfo.textContent = parts.length ? `Model: ${parts.join(' · ')}` : '';
+  } catch (error) {
+    elements.modelInfo.textContent = `Model information unavailable (${error.message}).`;
+  }
+  applyLabels(labels);
+}
+
+function applyLabels(newLabels) {
+  labels = newLabels;
+  session.setLabels(labels);
+  timeline.setLabels(labels);
+  renderSummary();
+}
+
+function maxFaces() {
+  const n = Math.round(Number(elements.maxFaces.value));
+  return Number.isFinite(n) && n >= 1 ? n : 1;
+}
+
+const client = new LiveClient(() => camera.captureJpeg(), {
+  onResult(result, rtt) {
+    const now = performance.now();
+    if (!labels.length && result.faces.length) applyLabels(Object.keys(result.faces[0].probabilities));
+    overlay.draw(result);
+    session.add(now, result);
+    updateStats(now, result, rtt);
+    timelineDirty = true;
+  },
+  onStatus: setStatus,
+  onError(message) {
+    setStatus(`Server: ${message}`, 'error');
+  },
+});
+
+function updateStats(now, result, rtt) {
+  resultTimes.push(now);
+  while (resultTimes.length && now - resultTimes[0] > 1000) resultTimes.shift();
+  elements.fps.textContent = resultTimes.length > 1 ? String(resultTimes.length) : '–';
+  if (rtt !== null) {
+    rttAverage = rttAverage === null ? rtt : 0.9 * rttAverage + 0.1 * rtt;
+    elements.rtt.textContent = `${Math.round(rttAverage)} ms`;
+  }
+  elements.server.textContent = `${Math.round(result.server_ms)} ms`;
+  elements.faces.textContent = String(result.faces.length);
+  const current = result.faces.map((f) => f.emotion);
+  elements.currentLabels.dataset.labels = current.join(',');
+  elements.currentLabels.textContent = result.faces.length
+    ? result.faces.map((f, i) => `${i + 1}: ${f.emotion} ${percent(f.confidence)}`).join(' · ')
+    : 'no face';
+}
+
+function redrawTimeline() {
+  if (!timelineDirty) return;
+  timelineDirty = false;
+  const elapsed = session.elapsedSeconds(performance.now());
+  const end = Math.max(TIMELINE_WINDOW_S, Math.ceil(elapsed));
+  const start = end - TIMELINE_WINDOW_S;
+  timeline.update(session.series(Math.floor(start), Math.ceil(end)), [start, end]);
+  renderSummary();
+}
+
+function renderSummary() {
+  const { frames, faceFrames, distribution, dominant } = session.summary();
+  elements.csv.disabled = session.rows.length === 0;
+  if (!faceFrames) {
+    elements.summaryText.textContent = frames
+      ? `${frames} frames analysed, no faces found yet.`
+      : 'No faces analysed yet.';
+    renderBars(elements.summaryBars, distribution, labels);
+    return;
+  }
+  const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 face rows.' : '';
+  elements.summaryText.textContent =
+    `Dominant emotion: ${dominant.label} (${percent(dominant.share)} of ${faceFrames} face detections ` +
+    `over ${frames} frames).${truncated}`;
+  renderBars(elements.summaryBars, distribution, labels);
+}
+
+function resetStats() {
+  resultTimes.length = 0;
+  rttAverage = null;
+  for (const el of [elements.fps, elements.rtt, elements.server, elements.faces]) el.textContent = '–';
+  elements.currentLabels.textContent = '–';
+  elements.currentLabels.dataset.labels = '';
+}
+
+async function startCamera() {
+  elements.toggle.disabled = true;
+  setStatus('Starting the camera…');
+  try {
+    await camera.start();
+  } catch (error) {
+    setStatus(error instanceof CameraError ? error.message : `Camera error: ${error.message}`, 'error');
+    elements.toggle.disabled = false;
+    return;
+  }
+  elements.placeholder.hidden = true;
+  elements.toggle.textContent = 'Stop camera';
+  elements.toggle.setAttribute('aria-pressed', 'true');
+  elements.toggle.disabled = false;
+  client.start({ max_faces: maxFaces() });
+  timelineTimer = setInterval(redrawTimeline, TIMELINE_REDRAW_MS);
+}
+
+function stopCamera(message = 'Camera is off.') {
+  client.stop();
+  camera.stop();
+  clearInterval(timelineTimer);
+  timelineDirty = true;
+  redrawTimeline();
+  overlay.clear();
+  resetStats();
+  elements.placeholder.hidden = false;
+  elements.toggle.textContent = 'Start camera';
+  elements.toggle.setAttribute('aria-pressed', 'false');
+  setStatus(message);
+}
+
+camera.onended = () => stopCamera('The camera stopped (disconnected or permission withdrawn).');
+
+elements.toggle.addEventListener('click', () => (camera.running ? stopCamera() : startCamera()));
+
+elements.mirror.addEventListener('change', () => {
+  elements.video.classList.toggle('mirrored', elements.mirror.checked);
+  overlay.setMirrored(elements.mirror.checked);
+});
+elements.video.classList.toggle('mirrored', elements.mirror.checked);
+overlay.setMirrored(elements.mirror.checked);
+
+elements.maxFaces.addEventListener('change', () => {
+  elements.maxFaces.value = String(maxFaces());
+  client.configure({ max_faces: maxFaces() });
+});
+
+elements.csv.addEventListener('click', () => {
+  const blob = new Blob([session.csv()], { type: 'text/csv' });
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
+  link.href = url;
+  link.download = `emotion-session-${stamp}.csv`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+});
+
+elements.reset.addEventListener('click', () => {
+  session.reset(labels);
+  timelineDirty = true;
+  redrawTimeline();
+});
+
+setupImagePanel();
+setupVideoPanel(() => labels);
+loadModelInfo().then(() => {
+  timelineDirty = true;
+  redrawTimeline();
+});

@@ -7,7 +7,9 @@ import { FaceOverlay } from './overlay.js';
 import { renderBars, Session, StackedChart } from './timeline.js';
 import { setupImagePanel, setupVideoPanel } from './upload.js';
 
+// The timeline shows the last two minutes; a young session gets a 30 s axis so its first seconds are visible.
 const TIMELINE_WINDOW_S = 120;
+const TIMELINE_MIN_WINDOW_S = 30;
 const TIMELINE_REDRAW_MS = 250;
 
 const $ = (id) => document.getElementById(id);
@@ -116,8 +118,9 @@ function redrawTimeline() {
   if (!timelineDirty) return;
   timelineDirty = false;
   const elapsed = session.elapsedSeconds(performance.now());
-  const end = Math.max(TIMELINE_WINDOW_S, Math.ceil(elapsed));
-  const start = end - TIMELINE_WINDOW_S;
+  const span = Math.min(TIMELINE_WINDOW_S, Math.max(TIMELINE_MIN_WINDOW_S, Math.ceil(elapsed)));
+  const end = Math.max(span, Math.ceil(elapsed));
+  const start = end - span;
   timeline.update(session.series(Math.floor(start), Math.ceil(end)), [start, end]);
   renderSummary();
 }

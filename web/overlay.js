@@ -63,6 +63,7 @@ export class FaceOverlay {
 
   clear() {
     this.last = null;
+    delete this.canvas.dataset.frame;
     this.fitCanvas();
     this.ctx.clearRect(0, 0, this.canvas.clientWidth, this.canvas.clientHeight);
   }
@@ -74,6 +75,10 @@ export class FaceOverlay {
   // result: {width, height, faces}; width/height are those of the frame the boxes refer to.
   draw(result) {
     this.last = result;
+    // What is drawn, in the sent frame's pixels: for tests and for anyone inspecting the page.
+    this.canvas.dataset.frame = JSON.stringify({
+      width: result.width, height: result.height, boxes: result.faces.map((f) => f.box),
+    });
     this.fitCanvas();
     const ctx = this.ctx;
     const cssWidth = this.canvas.clientWidth;

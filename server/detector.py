@@ -77,13 +77,17 @@ class YuNetDetector:
 
 
 class HaarDetector:
-    """OpenCV's frontal-face Haar cascade (ships inside opencv-python-headless 4.x)."""
+    """OpenCV's frontal-face Haar cascade (ships inside opencv-python-headless 4.x).
+
+    The "alt2" cascade: its window is 20 px (default's is 24), so on the same downscaled copy it finds smaller
+    faces at about the same cost; on the test photos its recall matches "default" with no false positives.
+    """
 
     name = "haar"
     path: Path | None = None
 
-    def __init__(self, scale_factor: float = 1.15, min_neighbors: int = 5, cascade: Path | str | None = None):
-        self.cascade = Path(cascade or Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, cascade: Path | str | None = None):
+        self.cascade = Path(cascade or Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt2.xml")
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self._local = threading.local()
@@ -102,17 +106,17 @@ class HaarDetector:
         gray = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
         # Equalisation makes the cascade far less sensitive to exposure (webcams, backlight).
         gray = cv2.equalizeHist(gray)
-        side = max(min_size, 20)  # the cascade's own window is 24x24; below ~20 it only finds noise
-        boxes, _, weights = self._instance().detectMultiScale3(
-            gray, self.scale_factor, self.min_neighbors, minSize=(side, side), outputRejectLevels=True
+        side = max(min_size, 20)  # the cascade's own window; smaller sizes would only cost time
+        boxes, neighbours = self._instance().detectMultiScale2(
+            gray, self.scale_factor, self.min_neighbors, minSize=(side, side)
         )
         if len(boxes) == 0:
             return []
-        # The cascade's last-stage weight is an unbounded margin; a logistic squashes it into [0, 1] so that
-        # detection_score means roughly the same for both detectors (typical real faces: weight 2-6 -> 0.88-1.0).
+        # The cascade has no calibrated score; the number of overlapping raw hits merged into a box is the usual
+        # proxy. 1 - exp(-n / 10) maps it into [0, 1): 6 hits (just over min_neighbors) -> 0.45, 20 -> 0.86.
         return [
-            Detection(float(x), float(y), float(w), float(h), 1.0 / (1.0 + math.exp(-float(s))))
-            for (x, y, w, h), s in zip(boxes, np.ravel(weights), strict=True)
+            Detection(float(x), float(y), float(w), float(h), 1.0 - math.exp(-float(n) / 10.0))
+            for (x, y, w, h), n in zip(boxes, np.ravel(neighbours), strict=True)
         ]
 
 
@@ -122,7 +126,7 @@ def create_detector(
     *,
     yunet_score_threshold: float = 0.7,
     yunet_nms_threshold: float = 0.3,
-    haar_scale_factor: float = 1.15,
+    haar_scale_factor: float = 1.1,
     haar_min_neighbors: int = 5,
 ) -> FaceDetector:
     """``kind`` is "yunet", "haar" or "auto" (YuNet when its file exists, else Haar, with a warning)."""

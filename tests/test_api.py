@@ -1,0 +1,224 @@
+"""The HTTP API through a real uvicorn server on loopback, with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from conftest import LiveServer, make_settings
+
+from server.app import create_app, lifespan
+from server.classifier import ModelError
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def strict_server(model_path: Path) -> Iterator[LiveServer]:
+    """Tight limits: 50 kB per upload, 100k pixels per image."""
+    settings = make_settings(model_path, "haar", max_upload_bytes=50_000, max_pixels=100_000)
+    with LiveServer(create_app(settings)) as server:
+        yield server
+
+
+def png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_predict_multipart(client: httpx.Client, astronaut_jpeg: bytes) -> None:
+    r = client.post("/predict", files={"file": ("astronaut.jpg", astronaut_jpeg, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (512, 512)
+    assert len(body["faces"]) == 1
+    face = body["faces"][0]
+    assert set(face) == {"box", "detection_score", "emotion", "confidence", "probabilities", "valence", "arousal"}
+    labels = client.get("/model").json()["labels"]
+    assert list(face["probabilities"]) == labels
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert face["emotion"] in labels
+    assert {"decode", "detect", "classify", "total"} <= set(body["timings_ms"])
+
+
+def test_predict_raw_body_and_octet_stream_part(client: httpx.Client, astronaut_bgr: np.ndarray) -> None:
+    data = png(astronaut_bgr)
+    r = client.post("/predict", content=data, headers={"content-type": "image/png"})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+    # Clients that do not know the type label the part application/octet-stream: the bytes decide.
+    r = client.post("/predict", files={"file": ("blob", data, "application/octet-stream")})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+
+
+def test_predict_faceless_and_max_faces(client: httpx.Client, faceless_bgr: np.ndarray,
+                                        astronaut_bgr: np.ndarray) -> None:
+    r = client.post("/predict", files={"file": ("coffee.png", png(faceless_bgr), "image/png")})
+    assert r.status_code == 200 and r.json()["faces"] == []
+    tiled = np.vstack([np.hstack([astronaut_bgr] * 2)] * 2)
+    r = client.post("/predict?max_faces=3", files={"file": ("group.png", png(tiled), "image/png")})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 3
+
+
+@pytest.mark.parametrize(("kwargs", "status", "words"), [
+    ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 400, "empty"),
+    ({"content": b"definitely not an image", "headers": {"content-type": "image/jpeg"}}, 400, "decode"),
+    ({"content": b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 40, "headers": {"content-type": "image/jpeg"}},
+     400, "decode"),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+    ({"json": {"image": "base64?"}}, 415, "content type"),
+    ({"content": b"\x00" * 10}, 415, "content type"),  # no content type at all
+    ({"files": {"file": ("notes.txt", b"hello", "text/plain")}}, 415, "content type"),
+    ({"files": {"image": ("a.jpg", b"\xff\xd8", "image/jpeg")}}, 422, "'file'"),
+    ({"data": {"name": "x"}, "files": {"other": ("x", b"1")}}, 422, "'file'"),
+    ({"files": {"file": ("empty.jpg", b"", "image/jpeg")}}, 400, "empty"),
+    ({"content": b"--xyz\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400, "boundary"),
+])
+def test_bad_input_gets_a_clear_4xx(client: httpx.Client, kwargs: dict, status: int, words: str) -> None:
+    r = client.post("/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert words in r.json()["detail"]
+
+
+def test_invalid_query_parameter_is_readable(client: httpx.Client, astronaut_jpeg: bytes) -> None:
+    r = client.post("/predict?max_faces=zero", content=astronaut_jpeg, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("query.max_faces:")
+
+
+def test_limits(strict_server: LiveServer, astronaut_bgr: np.ndarray) -> None:
+    big = cv2.imencode(".bmp", astronaut_bgr)[1].tobytes()  # 786 kB
+    small_but_many_pixels = cv2.imencode(".jpg", astronaut_bgr, [cv2.IMWRITE_JPEG_QUALITY, 30])[1].tobytes()
+    assert len(small_but_many_pixels) < 50_000
+    with httpx.Client(base_url=strict_server.url, timeout=30) as c:
+        r = c.post("/predict", content=big, headers={"content-type": "image/bmp"})
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+        r = c.post("/predict", files={"file": ("a.bmp", big, "image/bmp")})
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+        # Without Content-Length (chunked), the limit is enforced while streaming.
+        r = c.post("/predict", content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
+                   headers={"content-type": "image/bmp"})
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+        r = c.post("/predict", content=small_but_many_pixels, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 413 and "pixels" in r.json()["detail"]
+        ok = cv2.imencode(".jpg", cv2.resize(astronaut_bgr, (256, 256)))[1].tobytes()
+        assert c.post("/predict", content=ok, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_decompression_bomb_is_refused_and_server_stays_up(client: httpx.Client, astronaut_jpeg: bytes) -> None:
+    from test_pipeline import png_claiming
+
+    r = client.post("/predict", files={"file": ("bomb.png", png_claiming(200_000, 200_000), "image/png")})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.post("/predict", content=astronaut_jpeg, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_twenty_concurrent_requests(live_server: LiveServer, astronaut_jpeg: bytes) -> None:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as c:
+            return await asyncio.gather(*(
+                c.post("/predict", files={"file": (f"{i}.jpg", astronaut_jpeg, "image/jpeg")}) for i in range(20)
+            ))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 20
+    boxes = {tuple(r.json()["faces"][0]["box"].values()) for r in responses}
+    assert len(boxes) == 1  # same image, same answer, whatever thread served it
+
+
+def test_model_health_ready(client: httpx.Client, model_path: Path) -> None:
+    info = client.get("/model").json()
+    assert info["detector"] == "haar" and info["detector_path"] is None
+    assert info["path"] == str(model_path)
+    assert len(info["labels"]) >= 2 and len(info["input_size"]) == 2
+    assert "labels" in info["metadata"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["detector"] == "haar"
+
+
+def test_metrics_count_requests(client: httpx.Client, astronaut_jpeg: bytes) -> None:
+    client.post("/predict", content=astronaut_jpeg, headers={"content-type": "image/jpeg"})
+    client.post("/predict", content=b"", headers={"content-type": "image/jpeg"})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    ok = re.search(r'emotion_http_requests_total\{method="POST",route="/predict",status="200"\} (\d+)', text)
+    bad = re.search(r'emotion_http_requests_total\{method="POST",route="/predict",status="400"\} (\d+)', text)
+    assert ok and int(ok.group(1)) >= 1 and bad and int(bad.group(1)) >= 1
+    assert "# TYPE emotion_http_request_duration_seconds histogram" in text
+    assert re.search(r'emotion_stage_duration_seconds_count\{stage="detect"\} \d+', text)
+    assert re.search(r"emotion_faces_detected_total \d+", text)
+
+
+def test_index_page_and_docs(client: httpx.Client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/model", "/healthz", "/readyz", "/metrics"} <= set(paths)
+    assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
+
+
+def test_placeholder_page_without_web_dir(model_path: Path, tmp_path: Path) -> None:
+    with LiveServer(create_app(make_settings(model_path, "haar", web_dir=tmp_path / "no-web"))) as server:
+        r = httpx.get(server.url + "/")
+    assert r.status_code == 200 and "/docs" in r.text
+
+
+def test_startup_refuses_a_contract_breaking_model(make_model) -> None:
+    broken = make_model(metadata={"crop_margin": None})
+    app = create_app(make_settings(broken, "haar"))
+
+    async def start() -> None:
+        async with lifespan(app):
+            pass
+
+    with pytest.raises(ModelError, match="'crop_margin'"):
+        asyncio.run(start())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_m_server_starts_with_env_and_flags(model_path: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "EMOTION_MODEL_PATH": str(model_path), "EMOTION_DETECTOR": "haar", "EMOTION_PORT": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/model").json()["detector"] == "haar"
+        # Started outside the checkout, it still finds web/ through the project root.
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert "face detector: haar" in out

@@ -1,0 +1,206 @@
+"""Decoding (with the header-size guard), cropping, valence/arousal and the whole pipeline on real photos."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ASTRONAUT_FACE, iou
+
+from server.config import Settings
+from server.pipeline import (
+    CIRCUMPLEX,
+    EmotionPipeline,
+    InputError,
+    crop_face,
+    decode_image,
+    image_format_and_size,
+    square_box,
+    valence_arousal,
+)
+
+# --- decoding ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ext", "fmt", "params"), [
+    (".png", "png", []),
+    (".jpg", "jpeg", [cv2.IMWRITE_JPEG_QUALITY, 90]),
+    (".jpg", "jpeg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+    (".webp", "webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),  # lossy: VP8
+    (".webp", "webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
+    (".bmp", "bmp", []),
+])
+def test_decodes_supported_formats_and_reads_their_size(ext: str, fmt: str, params: list[int]) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    data = cv2.imencode(ext, image, params)[1].tobytes()
+    assert image_format_and_size(data) == (fmt, 53, 37)
+    decoded = decode_image(data, Settings())
+    assert decoded.shape == (37, 53, 3) and decoded.dtype == np.uint8
+
+
+def test_reads_webp_extended_header() -> None:
+    # VP8X: flags, 3 reserved bytes, then canvas width-1 and height-1 as 24-bit little endian.
+    data = b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8X" + struct.pack("<I", 10) + b"\x10\x00\x00\x00"
+    data += (999).to_bytes(3, "little") + (499).to_bytes(3, "little")
+    assert image_format_and_size(data) == ("webp", 1000, 500)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid-looking PNG header for a huge canvas with a tiny compressed body: a decompression bomb."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = zlib.compress(b"\x00" * 1000)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + app0 + sof + b"\xff\xda" + b"\x00" * 100
+
+
+@pytest.mark.parametrize("bomb", [png_claiming(100_000, 100_000), jpeg_claiming(60_000, 60_000)])
+def test_refuses_decompression_bombs_from_the_header(bomb: bytes) -> None:
+    assert len(bomb) < 2000
+    with pytest.raises(InputError) as err:
+        decode_image(bomb, Settings())
+    assert err.value.status_code == 413
+    assert "pixels" in err.value.detail
+
+
+def test_pixel_and_byte_limits_follow_settings(astronaut_jpeg: bytes) -> None:
+    with pytest.raises(InputError) as err:
+        decode_image(astronaut_jpeg, Settings(max_pixels=512 * 512 - 1))
+    assert err.value.status_code == 413
+    with pytest.raises(InputError) as err:
+        decode_image(astronaut_jpeg, Settings(max_upload_bytes=len(astronaut_jpeg) - 1))
+    assert err.value.status_code == 413
+    assert decode_image(astronaut_jpeg, Settings(max_pixels=512 * 512)).shape == (512, 512, 3)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello world", b"GIF89a" + b"\x00" * 50, b"\xff\xd8\xff"])
+def test_refuses_undecodable_bytes(data: bytes) -> None:
+    with pytest.raises(InputError) as err:
+        decode_image(data, Settings())
+    assert err.value.status_code == 400
+
+
+def test_refuses_a_truncated_image(astronaut_jpeg: bytes) -> None:
+    png = cv2.imencode(".png", cv2.imdecode(np.frombuffer(astronaut_jpeg, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+    with pytest.raises(InputError) as err:
+        decode_image(png[:200], Settings())
+    assert err.value.status_code == 400
+
+
+# --- crop ----------------------------------------------------------------------------------------------------
+
+
+def test_square_box_adds_margin_and_clamps() -> None:
+    # 40x60 box centred at (100, 100): side 60 * (1 + 2 * 0.25) = 90.
+    assert square_box((80, 70, 40, 60), 0.25, 1000, 1000) == (55, 55, 145, 145)
+    assert square_box((80, 70, 40, 60), 0.0, 1000, 1000) == (70, 70, 130, 130)
+    # Near the top-left corner the square is cut by the image border.
+    assert square_box((0, 0, 40, 40), 0.5, 1000, 1000) == (0, 0, 60, 60)
+
+
+def test_crop_face_gray_and_rgb() -> None:
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[..., 0] = 255  # pure blue in BGR
+    gray = crop_face(image, (10, 10, 50, 50), 0.1, 48, channels=1)
+    assert gray.shape == (48, 48) and gray.dtype == np.uint8
+    assert int(gray[0, 0]) == round(0.114 * 255)  # BT.601 weight of blue
+    rgb = crop_face(image, (10, 10, 50, 50), 0.1, (40, 32), channels=3)
+    assert rgb.shape == (40, 32, 3)
+    assert rgb[0, 0].tolist() == [0, 0, 255]  # RGB order for 3-channel models
+
+
+def test_crop_comes_from_full_resolution(astronaut_bgr: np.ndarray) -> None:
+    crop = crop_face(astronaut_bgr, ASTRONAUT_FACE, 0.0, 48, 1)
+    x, y, w, h = ASTRONAUT_FACE
+    side = max(w, h)
+    x0, y0 = x + w // 2 - side // 2, y + h // 2 - side // 2
+    ref = cv2.resize(cv2.cvtColor(astronaut_bgr[y0:y0 + side, x0:x0 + side], cv2.COLOR_BGR2GRAY), (48, 48),
+                     interpolation=cv2.INTER_AREA)
+    assert np.abs(crop.astype(int) - ref.astype(int)).mean() < 2
+
+
+# --- valence / arousal ---------------------------------------------------------------------------------------
+
+
+def test_valence_arousal_is_the_probability_weighted_circumplex() -> None:
+    assert valence_arousal({"happy": 1.0, "sad": 0.0}) == pytest.approx(CIRCUMPLEX["happy"])
+    mixed = valence_arousal({"happy": 0.5, "sad": 0.5})
+    assert mixed == pytest.approx(((0.8 - 0.7) / 2, (0.5 - 0.4) / 2))
+    assert valence_arousal({"unknown": 1.0}) == (0.0, 0.0)
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["haar", "yunet"])
+def pipeline(request: pytest.FixtureRequest) -> EmotionPipeline:
+    return request.getfixturevalue(f"{request.param}_pipeline")
+
+
+def test_astronaut_one_face_with_probabilities(pipeline: EmotionPipeline, astronaut_bgr: np.ndarray) -> None:
+    faces, timings = pipeline.predict(astronaut_bgr)
+    assert len(faces) == 1
+    face = faces[0]
+    assert iou((face.box.x, face.box.y, face.box.w, face.box.h), ASTRONAUT_FACE) > 0.6
+    assert list(face.probabilities) == pipeline.labels
+    assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert face.emotion == max(face.probabilities, key=face.probabilities.get)
+    assert face.confidence == face.probabilities[face.emotion]
+    assert -1 <= face.valence <= 1 and -1 <= face.arousal <= 1
+    assert face.valence == pytest.approx(valence_arousal(face.probabilities)[0], abs=1e-3)
+    assert set(timings) == {"detect", "classify", "total"}
+
+
+def test_boxes_are_in_the_sent_images_pixels(pipeline: EmotionPipeline, astronaut_bgr: np.ndarray) -> None:
+    """A 4x larger copy is detected on a downscaled copy; the box must come back in the large image's pixels."""
+    big = cv2.resize(astronaut_bgr, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    faces, _ = pipeline.predict(big)
+    assert len(faces) == 1
+    b = faces[0].box
+    assert iou((b.x, b.y, b.w, b.h), tuple(4 * v for v in ASTRONAUT_FACE)) > 0.6
+
+
+def test_tiling_yields_four_faces_largest_first(pipeline: EmotionPipeline, astronaut_bgr: np.ndarray) -> None:
+    tiled = np.vstack([np.hstack([astronaut_bgr] * 2)] * 2)
+    faces, _ = pipeline.predict(tiled)
+    assert len(faces) == 4
+    areas = [f.box.w * f.box.h for f in faces]
+    assert areas == sorted(areas, reverse=True)
+    for tile_x, tile_y in ((0, 0), (512, 0), (0, 512), (512, 512)):
+        expected = (ASTRONAUT_FACE[0] + tile_x, ASTRONAUT_FACE[1] + tile_y, *ASTRONAUT_FACE[2:])
+        assert max(iou((f.box.x, f.box.y, f.box.w, f.box.h), expected) for f in faces) > 0.5
+    # Identical faces get (nearly) identical predictions: the batch does not mix crops up.
+    first = faces[0].probabilities
+    for f in faces[1:]:
+        assert f.emotion == faces[0].emotion
+        assert max(abs(f.probabilities[k] - first[k]) for k in first) < 0.15
+    limited, _ = pipeline.predict(tiled, max_faces=2)
+    assert len(limited) == 2
+
+
+def test_faceless_photo_gives_an_empty_list(pipeline: EmotionPipeline, faceless_bgr: np.ndarray) -> None:
+    faces, timings = pipeline.predict(faceless_bgr)
+    assert faces == []
+    assert timings["classify"] < timings["total"] + 1e-6
+
+
+def test_gray_and_tiny_images(pipeline: EmotionPipeline) -> None:
+    assert pipeline.predict(np.zeros((8, 8, 3), np.uint8))[0] == []
+    assert pipeline.predict(np.full((480, 640, 3), 200, np.uint8))[0] == []
+
+
+def test_from_settings_uses_yunet_only_when_present(model_path: Path, tmp_path: Path) -> None:
+    settings = Settings(model_path=model_path, detector="auto", yunet_path=tmp_path / "none.onnx")
+    pipeline = EmotionPipeline.from_settings(settings)
+    assert pipeline.detector.name == "haar"
+    assert pipeline.detect_max_side == settings.haar_max_side

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import pytest
-from y4m import astronaut_frame, write_y4m
+from y4m import astronaut_frame, jpeg, write_y4m
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -30,59 +32,105 @@ def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_y4m(tmp_path_factory.mktemp("camera") / "astronaut.y4m", [frame] * 25, fps=25)
 
 
-def test_live_page_labels_the_face(live_server, camera_clip: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def browser(camera_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Chromium with a fresh, empty profile and the clip as its camera."""
     args = [
         "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera_clip}",
     ]
-    problems: list[str] = []
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a new, empty profile
-            executable_path=CHROMIUM, headless=True, args=args, viewport={"width": 1280, "height": 1000},
+            str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, headless=True, args=args,
+            viewport={"width": 1280, "height": 1000},
         )
         try:
-            page = context.new_page()
-            page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.goto(live_server.url + "/")
-
-            # Labels come from GET /model.
-            page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')",
-                                   timeout=10_000)
-            labels = page.evaluate("fetch('/model').then(r => r.json()).then(m => m.labels)")
-            assert "never stored" in page.inner_text(".privacy-notice")
-
-            page.click("#camera-toggle")
-            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''",
-                                   timeout=15_000)
-            shown = page.get_attribute("#current-labels", "data-labels").split(",")
-            assert len(shown) == 1 and shown[0] in labels, shown
-            page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2",
-                                   timeout=15_000)
-            assert page.inner_text("#stat-fps") != "–"
-            assert page.inner_text("#stat-rtt").endswith("ms")
-            assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
-            assert "Dominant emotion" in page.inner_text("#summary-text")
-            assert page.is_enabled("#csv-download")
-
-            check_overlay_alignment(page)
-
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
-
-            csv = download_csv(page)
-            header = csv.splitlines()[0].split(",")
-            assert header[:4] == ["time_s", "frame_id", "face_index", "emotion"]
-            assert [f"p_{label}" for label in labels] == header[-len(labels):]
-            assert len(csv.splitlines()) >= 3
-
-            page.click("#camera-toggle")
-            assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+            yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser, live_server) -> Iterator[object]:
+    """A page of the service; fails the test if the console shows an error or a script throws."""
+    problems: list[str] = []
+    page = browser.new_page()
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.goto(live_server.url + "/")
+    # Labels come from GET /model.
+    page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')",
+                           timeout=10_000)
+    yield page
+    page.close()
     assert not problems, problems
+
+
+def test_live_page_labels_the_face(page) -> None:
+    labels = page.evaluate("fetch('/model').then(r => r.json()).then(m => m.labels)")
+    assert "never stored" in page.inner_text(".privacy-notice")
+
+    page.click("#camera-toggle")
+    page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+    shown = page.get_attribute("#current-labels", "data-labels").split(",")
+    assert len(shown) == 1 and shown[0] in labels, shown
+    page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
+    assert page.inner_text("#stat-fps") != "–"
+    assert page.inner_text("#stat-rtt").endswith("ms")
+    assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
+    assert "Dominant emotion" in page.inner_text("#summary-text")
+    assert page.is_enabled("#csv-download")
+
+    check_overlay_alignment(page)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+
+    csv = download_csv(page)
+    header = csv.splitlines()[0].split(",")
+    assert header[:4] == ["time_s", "frame_id", "face_index", "emotion"]
+    assert [f"p_{label}" for label in labels] == header[-len(labels):]
+    assert len(csv.splitlines()) >= 3
+
+    page.click("#camera-toggle")
+    assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+    assert page.get_attribute("#current-labels", "data-labels") == ""
+
+
+def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
+    page.set_input_files("#image-file", str(photo))
+    page.click("#image-form button[type=submit]")
+    page.wait_for_function("document.getElementById('image-status').textContent.includes('found')",
+                           timeout=15_000)
+    assert page.inner_text("#image-status").startswith("1 face found in a 512×512 image")
+    assert page.is_visible("#image-canvas")
+    assert page.evaluate("document.getElementById('image-canvas').width") == 512
+    assert page.locator("#image-faces li").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#image-panel").screenshot(path=str(ARTIFACTS / "image-upload.png"))
+
+
+def test_video_upload_streams_a_chart(page, live_server, tmp_path: Path) -> None:
+    if "/predict/video" not in live_server.app.openapi()["paths"]:
+        pytest.skip("this build has no POST /predict/video route")
+    clip = tmp_path / "astronaut.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    frame = cv2.cvtColor(astronaut_frame(640, 480), cv2.COLOR_RGB2BGR)
+    for _ in range(30):  # 3 s
+        writer.write(frame)
+    writer.release()
+    page.set_input_files("#video-file", str(clip))
+    page.click("#video-form button[type=submit]")
+    page.wait_for_function("document.getElementById('video-status').textContent.startsWith('Done')",
+                           timeout=30_000)
+    assert int(page.get_attribute("#video-chart", "data-points")) == 3
+    assert page.inner_text("#video-summary").startswith("Dominant emotion")
+    assert page.locator("#video-bars .bar").count() >= 7
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#video-panel").screenshot(path=str(ARTIFACTS / "video-upload.png"))
 
 
 def check_overlay_alignment(page) -> None:

@@ -182,7 +182,9 @@ export class StackedChart {
     ctx.textBaseline = 'top';
     const step = niceStep(span / 6);
     for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
-      ctx.fillText(formatSeconds(t), xOf(t) - 10, top + plotH + 4);
+      const text = formatSeconds(t);
+      const x = Math.min(Math.max(0, xOf(t) - 10), width - ctx.measureText(text).width - 2);
+      ctx.fillText(text, x, top + plotH + 4);
     }
 
     // Contiguous runs of seconds with faces become one stacked area each.

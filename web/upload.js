@@ -2,7 +2,7 @@
 
 import { labelsFromFaces, meanProbabilities, percent } from './emotions.js';
 import { drawImageWithFaces } from './overlay.js';
-import { formatSeconds, StackedChart } from './timeline.js';
+import { formatSeconds, renderBars, StackedChart } from './timeline.js';
 
 function setStatus(element, text, kind = 'info') {
   element.textContent = text;
@@ -36,9 +36,9 @@ function loadImage(file) {
   });
 }
 
-function describeFace(face, index) {
+function describeFace(face) {
   const { x, y, w, h } = face.box;
-  return `Face ${index + 1}: ${face.emotion} (${percent(face.confidence)}), box ${x},${y} ${w}×${h}`;
+  return `${face.emotion} (${percent(face.confidence)}), box at ${x},${y} size ${w}×${h}`;
 }
 
 export function setupImagePanel() {
@@ -79,9 +79,9 @@ export function setupImagePanel() {
       const count = result.faces.length;
       setStatus(status, `${count} face${count === 1 ? '' : 's'} found in a ${result.width}×${result.height} image.`,
         count ? 'ok' : 'info');
-      list.replaceChildren(...result.faces.map((face, i) => {
+      list.replaceChildren(...result.faces.map((face) => {
         const item = document.createElement('li');
-        item.textContent = describeFace(face, i);
+        item.textContent = describeFace(face);
         return item;
       }));
     } catch (error) {
@@ -122,9 +122,29 @@ export function setupVideoPanel(getLabels) {
   const cancel = document.getElementById('video-cancel');
   const status = document.getElementById('video-status');
   const summary = document.getElementById('video-summary');
+  const bars = document.getElementById('video-bars');
   const chart = new StackedChart(document.getElementById('video-chart'), document.getElementById('video-legend'));
   chart.setLabels(getLabels());
   let controller = null;
+
+  // The server's summary counts the largest face of each sampled frame; without it (an older server), all faces.
+  function showSummary(server, counts, faceCount, labels) {
+    let share = server?.emotion_share;
+    let dominant = server?.dominant_emotion;
+    let basis = server ? `${server.with_face} of ${server.sampled} sampled frames had a face` : '';
+    if (!server) {
+      share = Object.fromEntries(Object.entries(counts).map(([label, n]) => [label, n / faceCount]));
+      dominant = Object.entries(counts).sort((a, b) => b[1] - a[1])[0]?.[0];
+      basis = `${faceCount} face samples`;
+    }
+    if (!dominant) {
+      summary.textContent = 'No faces were found in the video.';
+      return;
+    }
+    summary.textContent = `Dominant emotion: ${dominant} (${percent(share[dominant] ?? 0)}; ${basis}).`;
+    const order = labels.length ? labels : Object.keys(share);
+    renderBars(bars, order.map((label) => ({ label, share: share[label] ?? 0, count: counts[label] ?? 0 })), order);
+  }
 
   cancel.addEventListener('click', () => controller?.abort());
 
@@ -140,6 +160,7 @@ export function setupVideoPanel(getLabels) {
     const { signal } = controller;
     cancel.disabled = false;
     summary.textContent = '';
+    bars.replaceChildren();
     const seconds = Math.max(0.2, Number(every.value) || 1);
     let labels = getLabels();
     chart.setLabels(labels);
@@ -148,6 +169,7 @@ export function setupVideoPanel(getLabels) {
     setStatus(status, 'Uploading and analysing…');
 
     const points = [];
+    let end = null; // the closing line: {duration, fps, every, width, height, summary}
     const counts = {};
     let faceCount = 0;
     const body = new FormData();
@@ -177,14 +199,12 @@ export function setupVideoPanel(getLabels) {
           chart.update(points, [0, end]);
           setStatus(status, `Analysed up to ${formatSeconds(line.t)}…`);
         }
-        // Any other line (the closing summary) is covered by the summary computed below.
+        if (line.summary) end = line;
       }
-      const dominant = Object.entries(counts).sort((a, b) => b[1] - a[1])[0];
-      const duration = points.length ? points[points.length - 1].t : 0;
+      const duration = end?.duration ?? (points.length ? points[points.length - 1].t : 0);
+      chart.update(points, [0, Math.max(duration, seconds)]);
       setStatus(status, `Done: ${points.length} samples over ${formatSeconds(duration)}.`, 'ok');
-      summary.textContent = dominant
-        ? `Dominant emotion: ${dominant[0]} (${percent(dominant[1] / faceCount)} of ${faceCount} face samples).`
-        : 'No faces were found in the video.';
+      showSummary(end?.summary, counts, faceCount, labels);
     } catch (error) {
       if (signal.aborted) setStatus(status, 'Cancelled.');
       else setStatus(status, `Could not analyse the video: ${error.message}`, 'error');

@@ -10,10 +10,12 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import pytest
+from conftest import LiveServer, make_settings
 from y4m import astronaut_frame, jpeg, write_y4m
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,38 +35,49 @@ def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser(camera_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def playwright() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, camera_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Chromium with a fresh, empty profile and the clip as its camera."""
     args = [
         "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera_clip}",
     ]
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, headless=True, args=args,
-            viewport={"width": 1280, "height": 1000},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, headless=True, args=args,
+        viewport={"width": 1280, "height": 1000},
+    )
+    try:
+        yield context
+    finally:
+        context.close()
 
 
-@pytest.fixture
-def page(browser, live_server) -> Iterator[object]:
+@contextmanager
+def open_page(context, url: str) -> Iterator[object]:
     """A page of the service; fails the test if the console shows an error or a script throws."""
     problems: list[str] = []
-    page = browser.new_page()
+    page = context.new_page()
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.goto(live_server.url + "/")
+    page.goto(url + "/")
     # Labels come from GET /model.
     page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')",
                            timeout=10_000)
     yield page
     page.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def page(browser, live_server) -> Iterator[object]:
+    with open_page(browser, live_server.url) as page:
+        yield page
 
 
 def test_live_page_labels_the_face(page) -> None:
@@ -89,9 +102,14 @@ def test_live_page_labels_the_face(page) -> None:
 
     csv = download_csv(page)
     header = csv.splitlines()[0].split(",")
-    assert header[:4] == ["time_s", "frame_id", "face_index", "emotion"]
+    assert header[:5] == ["time_s", "timestamp", "frame_id", "face_index", "emotion"]
     assert [f"p_{label}" for label in labels] == header[-len(labels):]
-    assert len(csv.splitlines()) >= 3
+    rows = [line.split(",") for line in csv.splitlines()[1:]]
+    assert len(rows) >= 2
+    for row in rows:
+        assert row[4] in labels and row[3] == "0"  # one face, index 0
+        probabilities = [float(p) for p in row[-len(labels):]]
+        assert abs(sum(probabilities) - 1) < 0.01 and row[4] == labels[probabilities.index(max(probabilities))]
 
     page.click("#camera-toggle")
     assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
@@ -176,3 +194,39 @@ def download_csv(page) -> str:
     with page.expect_download() as info:
         page.click("#csv-download")
     return Path(info.value.path()).read_text()
+
+
+def test_busy_server_is_shown_and_the_page_reconnects(browser, model_path) -> None:
+    from websockets.sync.client import connect
+
+    from server.app import create_app
+
+    with LiveServer(create_app(make_settings(model_path, "haar", ws_max_connections=1))) as server, \
+            open_page(browser, server.url) as page:
+        with connect(server.url.replace("http://", "ws://") + "/ws"):  # takes the only place
+            page.click("#camera-toggle")
+            page.wait_for_function(
+                "document.getElementById('live-status').textContent.includes('busy')", timeout=10_000)
+            assert "error" in page.get_attribute("#live-status", "class")
+            assert page.get_attribute("#current-labels", "data-labels") == ""
+        # The place is free again: the page retries by itself and gets results.
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''",
+                               timeout=15_000)
+        page.click("#camera-toggle")
+
+
+def test_camera_denied_is_explained(playwright, live_server, tmp_path: Path) -> None:
+    # No --use-fake-ui-for-media-stream and no permission granted: getUserMedia is refused.
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--use-fake-device-for-media-stream"]
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=args)
+    try:
+        with open_page(context, live_server.url) as page:
+            page.click("#camera-toggle")
+            page.wait_for_function(
+                "document.getElementById('live-status').classList.contains('error')", timeout=10_000)
+            assert "denied" in page.inner_text("#live-status")
+            assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+            assert page.is_enabled("#camera-toggle")
+    finally:
+        context.close()

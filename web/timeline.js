@@ -32,6 +32,7 @@ export class Session {
   add(nowMs, result) {
     if (this.startedAt === null) this.startedAt = nowMs;
     const t = (nowMs - this.startedAt) / 1000;
+    const wallMs = Date.now();
     this.frames += 1;
     const second = Math.floor(t);
     let bucket = this.buckets.get(second);
@@ -46,7 +47,7 @@ export class Session {
       bucket.faces += 1;
       for (const label of this.labels) bucket.sums[label] += face.probabilities?.[label] ?? 0;
       if (this.rows.length < MAX_ROWS) {
-        this.rows.push({ t, frameId: result.frame_id, index, face });
+        this.rows.push({ t, wallMs, frameId: result.frame_id, index, face });
       } else {
         this.rowsTruncated = true;
       }
@@ -83,13 +84,14 @@ export class Session {
   }
 
   csv() {
-    const header = ['time_s', 'frame_id', 'face_index', 'emotion', 'confidence', 'valence', 'arousal',
+    // frame_id numbers the frames of one connection (it restarts after a reconnect); time_s is the session clock.
+    const header = ['time_s', 'timestamp', 'frame_id', 'face_index', 'emotion', 'confidence', 'valence', 'arousal',
       'box_x', 'box_y', 'box_w', 'box_h', 'detection_score', ...this.labels.map((l) => `p_${l}`)];
     const lines = [header.join(',')];
-    for (const { t, frameId, index, face } of this.rows) {
+    for (const { t, wallMs, frameId, index, face } of this.rows) {
       const b = face.box;
       lines.push([
-        t.toFixed(3), frameId, index, csvField(face.emotion), fixed(face.confidence), fixed(face.valence),
+        t.toFixed(3), new Date(wallMs).toISOString(), frameId, index, csvField(face.emotion), fixed(face.confidence), fixed(face.valence),
         fixed(face.arousal), b.x, b.y, b.w, b.h, fixed(face.detection_score),
         ...this.labels.map((l) => fixed(face.probabilities?.[l])),
       ].join(','));

@@ -15,6 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from y4m import astronaut_frame, jpeg
 
+from server.live import LiveHub
+
 MAX_FRAME_BYTES = 256 * 1024
 MAX_CONNECTIONS = 3
 
@@ -42,14 +44,14 @@ def receive(ws: ClientConnection, timeout: float = 20.0) -> dict:
     return json.loads(ws.recv(timeout=timeout))
 
 
-def hub(server: LiveServer):
-    return server.app.state.live_hub
+def hub(server: LiveServer) -> LiveHub:
+    return LiveHub.of(server.app)
 
 
 def wait_until_idle(server: LiveServer, timeout: float = 5.0) -> None:
     """Connections closed by earlier tests are released on the server a moment after the client closes."""
     deadline = time.monotonic() + timeout
-    while getattr(server.app.state, "live_hub", None) is not None and hub(server).active:
+    while hub(server).active:
         assert time.monotonic() < deadline, "server still counts open live connections"
         time.sleep(0.02)
 

@@ -15,20 +15,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import live
 from server.config import Settings, get_settings, resolve_path
 from server.pipeline import EmotionPipeline, InputError, decode_image
-from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse
+from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse, VideoResponse
+from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_lines, receive_video
 
 log = logging.getLogger("server")
 T = TypeVar("T")
@@ -303,6 +306,72 @@ async def predict(
         metrics.observe("emotion_stage_duration_seconds", "Pipeline stage latency.",
                         result.timings_ms[stage] / 1e3, stage=stage)
     return result
+
+
+VIDEO_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Empty upload or malformed multipart body",
+        413: "Over the byte, duration or pixel limit",
+        415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
+        422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
+    }.items()
+}
+
+
+@router.post(
+    "/predict/video",
+    response_model=VideoResponse,
+    responses={
+        200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+              "description": "`format=json`: the whole answer. `format=ndjson`: one `VideoFrame` per line as it is "
+                             "computed, then a `VideoStreamEnd` line (or a `VideoStreamError` line)."},
+        **VIDEO_ERROR_RESPONSES,
+    },
+    summary="Classify the faces of one frame per `every` seconds of a video",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"],
+                               "properties": {"file": {"type": "string", "format": "binary"}}}
+                },
+                "video/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def predict_video(
+    request: Request,
+    every: float = Query(1.0, ge=EVERY_MIN, le=EVERY_MAX, description="Seconds between analysed frames."),
+    format: Literal["json", "ndjson"] = Query("json", description="`ndjson` streams one line per analysed frame."),
+) -> Any:
+    app = request.app
+    settings: Settings = app.state.settings
+    # Streams to a temporary file (deleted below whatever happens): a video does not fit the in-memory upload path.
+    path = await receive_video(request.headers, request.stream(), max_bytes=settings.max_video_bytes,
+                               temp_dir=settings.video_temp_dir)
+    analysis: VideoAnalysis | None = None
+    streaming = False
+    try:
+        # Opening probes the file and decodes the first frame: errors up to here are a real 4xx, also for ndjson.
+        analysis = await run_cpu(app, VideoAnalysis.open, path, app.state.pipeline, every, settings)
+        if format == "ndjson":
+            # The generator deletes the file when it ends, fails or the client disconnects; the background task
+            # (run after a disconnect too) covers a stream that was cancelled before its first line.
+            submit = app.state.executor.submit
+            lines = ndjson_lines(analysis, path, partial(run_cpu, app), submit)
+            streaming = True
+            return StreamingResponse(lines, media_type="application/x-ndjson",
+                                     background=BackgroundTask(discard, analysis, path, submit))
+        frames = []
+        while (frame := await run_cpu(app, analysis.next_frame)) is not None:
+            frames.append(frame)
+        return analysis.response(frames)
+    finally:
+        if not streaming:
+            discard(analysis, path, app.state.executor.submit)
 
 
 @router.get("/model", response_model=ModelInfo, summary="The emotion model's metadata and the face detector in use")

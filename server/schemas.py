@@ -31,6 +31,46 @@ class PredictResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="Stage -> milliseconds (decode, detect, classify, total).")
 
 
+class VideoFrame(BaseModel):
+    """One analysed frame of a video (a line of the ndjson stream)."""
+
+    t: float = Field(description="Seconds from the start of the video to the analysed frame.")
+    faces: list[Face] = Field(description="Largest face first.")
+
+
+class VideoSummary(BaseModel):
+    sampled: int = Field(description="Frames analysed (one per `every` seconds).")
+    with_face: int
+    without_face: int
+    seconds_without_face: float = Field(description="`without_face * every`: video time with no face seen.")
+    emotion_share: dict[str, float] = Field(
+        description="Label -> share of the frames with a face where it was the largest face's emotion; "
+                    "empty when no frame had a face.")
+    dominant_emotion: str | None = Field(description="Label with the largest share; null when no face was seen.")
+
+
+class VideoStreamEnd(BaseModel):
+    """The last line of a `format=ndjson` answer."""
+
+    duration: float = Field(description="Seconds, from the container's header (or what could be read).")
+    fps: float
+    every: float = Field(description="Seconds between analysed frames.")
+    width: int
+    height: int
+    summary: VideoSummary
+
+
+class VideoResponse(VideoStreamEnd):
+    frames: list[VideoFrame] = Field(description="One entry per analysed frame, in time order.")
+
+
+class VideoStreamError(BaseModel):
+    """The last line of a `format=ndjson` answer that failed after streaming had started."""
+
+    detail: str
+    status_code: int
+
+
 class ModelInfo(BaseModel):
     path: str
     labels: list[str]

@@ -1,0 +1,336 @@
+"""``emotion``: the pipeline from a terminal, in-process (no server needed).
+
+    emotion image PATH...                                   each face of each image
+    emotion video PATH [--every S] [--crops DIR] [--json]   one line per analysed second: 00:00:03  happy  73%
+    emotion webcam [--device N|PATH|URL] [--every S]        one line per second until Ctrl-C
+    emotion serve [--host H] [--port P]                     the HTTP service (like ``python -m server``)
+
+``--model`` and ``--detector`` (or the ``EMOTION_*`` environment variables) pick the models. Exit status: 0 done,
+1 a file could not be read or analysed, 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from server.config import Settings
+    from server.pipeline import EmotionPipeline
+    from server.schemas import Face, VideoFrame
+
+CROP_SIZE = 48  # crops are saved as the FER-style 48x48 grayscale the classifier family is trained on
+PROGRESS_MIN_SECONDS = 30.0  # shorter videos finish before a bar is worth drawing
+
+
+class CliError(Exception):
+    """A problem to report as ``emotion: error: ...`` with exit status 1."""
+
+
+# --- formatting (shared with the tests, which check the CLI against the API's answer) -------------------------
+
+
+def format_timestamp(t: float, every: float = 1.0) -> str:
+    """``HH:MM:SS`` for whole-second sampling, ``HH:MM:SS.mmm`` when ``every`` has a fraction."""
+    fractional = not math.isclose(every, round(every))
+    total = round(t, 3) if fractional else round(t)
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if fractional:
+        return f"{int(hours):02d}:{int(minutes):02d}:{seconds:06.3f}"
+    return f"{int(hours):02d}:{int(minutes):02d}:{int(seconds):02d}"
+
+
+def describe_faces(faces: list[Face]) -> str:
+    """``happy  73%`` for the largest face (``  (+N faces)`` for the others), ``no face`` without one."""
+    if not faces:
+        return "no face"
+    face = faces[0]
+    text = f"{face.emotion}  {round(face.confidence * 100)}%"
+    if len(faces) > 1:
+        others = len(faces) - 1
+        text += f"  (+{others} face{'s' if others > 1 else ''})"
+    return text
+
+
+def format_line(frame: VideoFrame, every: float = 1.0) -> str:
+    return f"{format_timestamp(frame.t, every)}  {describe_faces(frame.faces)}"
+
+
+class ProgressBar:
+    """``[#######-------]  42%  25/60 s`` on one line of a terminal; cleared before other output is printed."""
+
+    def __init__(self, total: float, stream: TextIO, width: int = 30):
+        self.total = max(total, 1e-9)
+        self.stream = stream
+        self.width = width
+        self.done = 0.0
+
+    def update(self, done: float) -> None:
+        self.done = min(done, self.total)
+        filled = round(self.width * self.done / self.total)
+        percent = round(100 * self.done / self.total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {percent:3d}%  {self.done:.0f}/{self.total:.0f} s")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r\033[K")
+        self.stream.flush()
+
+
+# --- commands ------------------------------------------------------------------------------------------------
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    from server.config import Settings
+
+    overrides: dict[str, object] = {}
+    if args.model is not None:
+        overrides["model_path"] = args.model
+    if args.detector is not None:
+        overrides["detector"] = args.detector
+    return Settings(**overrides)
+
+
+def load_pipeline(settings: Settings) -> EmotionPipeline:
+    from server.classifier import ModelError
+    from server.pipeline import EmotionPipeline
+
+    try:
+        return EmotionPipeline.from_settings(settings)
+    except (ModelError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def existing_file(path: Path) -> Path:
+    if not path.exists():
+        raise CliError(f"{path}: no such file")
+    if not path.is_file():
+        raise CliError(f"{path}: not a file")
+    return path
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from server.pipeline import InputError, decode_image
+
+    settings = load_settings(args)
+    missing = [p for p in args.paths if not p.is_file()]
+    for path in missing:
+        print(f"emotion: error: {path}: no such file", file=sys.stderr)
+    if len(missing) == len(args.paths):
+        return 1
+    pipeline = load_pipeline(settings)
+    status = 1 if missing else 0
+    for path in args.paths:
+        if path in missing:
+            continue
+        try:
+            image = decode_image(path.read_bytes(), settings)
+        except InputError as exc:
+            print(f"emotion: error: {path}: {exc.detail}", file=sys.stderr)
+            status = 1
+            continue
+        faces, _ = pipeline.predict(image)
+        if args.json:
+            print(json.dumps({"path": str(path), "width": image.shape[1], "height": image.shape[0],
+                              "faces": [f.model_dump() for f in faces]}))
+            continue
+        if not faces:
+            print(f"{path}  no face")
+        for i, face in enumerate(faces, 1):
+            b = face.box
+            print(f"{path}  face {i}  {b.x},{b.y} {b.w}x{b.h}  {face.emotion}  {round(face.confidence * 100)}%")
+    return status
+
+
+def save_crop(directory: Path, frame: VideoFrame, image: np.ndarray, every: float, margin: float) -> Path:
+    import cv2
+
+    from server.pipeline import crop_face
+
+    face = frame.faces[0]
+    crop = crop_face(image, face.box, margin, CROP_SIZE, 1)
+    stamp = format_timestamp(frame.t, every).replace(":", "-")
+    path = directory / f"{stamp}_{face.emotion}.png"
+    if not cv2.imwrite(str(path), crop):
+        raise CliError(f"could not write {path}")
+    return path
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from server.pipeline import InputError
+    from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis
+
+    path = existing_file(args.path)
+    if not EVERY_MIN <= args.every <= EVERY_MAX:
+        raise CliError(f"--every must be between {EVERY_MIN} and {EVERY_MAX} seconds")
+    pipeline = load_pipeline(load_settings(args))
+    if args.crops is not None:
+        args.crops.mkdir(parents=True, exist_ok=True)
+    margin = pipeline.classifier.spec.crop_margin
+    try:
+        analysis = VideoAnalysis.open(path, pipeline, args.every)  # local files: no upload limits
+    except InputError as exc:
+        raise CliError(f"{path}: {exc.detail}") from exc
+    duration = analysis.info.duration
+    show_progress = args.progress if args.progress is not None else (
+        sys.stderr.isatty() and (duration is None or duration >= PROGRESS_MIN_SECONDS))
+    bar = ProgressBar(duration, sys.stderr) if show_progress and duration else None
+    frames: list[VideoFrame] = []
+    try:
+        with analysis:
+            for item in analysis:
+                frame = item.result
+                if args.crops is not None and frame.faces:
+                    save_crop(args.crops, frame, item.sample.image, args.every, margin)
+                if args.json:
+                    frames.append(frame)
+                else:
+                    if bar is not None:
+                        bar.clear()
+                    print(format_line(frame, args.every), flush=True)
+                if bar is not None:
+                    bar.update(frame.t + args.every)
+            if bar is not None:
+                bar.update(duration)
+                bar.clear()
+            if args.json:
+                print(analysis.response(frames).model_dump_json(indent=2))
+    except InputError as exc:
+        if bar is not None:
+            bar.clear()
+        raise CliError(f"{path}: {exc.detail}") from exc
+    return 0
+
+
+def open_camera(device: str):  # -> cv2.VideoCapture
+    import cv2
+
+    source: int | str = int(device) if device.isdigit() else device
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        what = f"camera {device}" if isinstance(source, int) else device
+        raise CliError(f"could not open {what}")
+    return cap
+
+
+def cmd_webcam(args: argparse.Namespace) -> int:
+    import cv2
+
+    if args.every <= 0:
+        raise CliError("--every must be positive")
+    pipeline = load_pipeline(load_settings(args))
+    cap = open_camera(args.device)
+    # A file stands in for a camera at its own frame rate, so it gives one line per second too.
+    fps = cap.get(cv2.CAP_PROP_FPS) if Path(args.device).is_file() else 0.0
+    frame_time = 1.0 / fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
+    start = time.monotonic()
+    next_at = 0.0
+    frames_read = 0
+    try:
+        while True:
+            # Read every frame, also between predictions: a camera queues frames, and an unread queue makes the
+            # next prediction run on a stale picture.
+            ok, image = cap.read()
+            if not ok:
+                print(f"emotion: {args.device}: no more frames", file=sys.stderr)
+                return 0 if frames_read else 1
+            if frame_time:
+                delay = start + frames_read * frame_time - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            frames_read += 1
+            elapsed = time.monotonic() - start
+            if elapsed >= next_at:
+                faces, _ = pipeline.predict(image)
+                print(f"{format_timestamp(elapsed, args.every)}  {describe_faces(faces)}", flush=True)
+                next_at += args.every * max(1, math.floor((elapsed - next_at) / args.every) + 1)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how this command is meant to end
+    finally:
+        cap.release()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.__main__ import main as serve
+
+    # The app reads its settings from the environment when uvicorn imports it.
+    if args.model is not None:
+        os.environ["EMOTION_MODEL_PATH"] = str(args.model)
+    if args.detector is not None:
+        os.environ["EMOTION_DETECTOR"] = args.detector
+    argv = []
+    for flag, value in (("--host", args.host), ("--port", args.port), ("--log-level", args.log_level)):
+        if value is not None:
+            argv += [flag, str(value)]
+    serve(argv)
+    return 0
+
+
+# --- entry point ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", type=Path, default=None,
+                        help="emotion model (.onnx; env EMOTION_MODEL_PATH, default models/emotion_ferplus.onnx)")
+    common.add_argument("--detector", choices=["auto", "yunet", "haar"], default=None,
+                        help="face detector (env EMOTION_DETECTOR, default auto: YuNet when its file is present)")
+
+    parser = argparse.ArgumentParser(prog="emotion", description="Facial-emotion recognition from the terminal.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    image = commands.add_parser("image", parents=[common], help="classify every face in images")
+    image.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    image.add_argument("--json", action="store_true", help="one JSON object per image, as POST /predict answers")
+    image.set_defaults(func=cmd_image)
+
+    video = commands.add_parser("video", parents=[common], help="one line per analysed second of a video")
+    video.add_argument("path", type=Path, metavar="PATH")
+    video.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between analysed frames "
+                       "(default %(default)s)")
+    video.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                       help="save the classified face of each analysed frame as a 48x48 grayscale PNG")
+    video.add_argument("--json", action="store_true", help="print the JSON that POST /predict/video answers")
+    video.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"progress bar on stderr (default: on a terminal, for videos of "
+                            f"{PROGRESS_MIN_SECONDS:.0f} s or more)")
+    video.set_defaults(func=cmd_video)
+
+    webcam = commands.add_parser("webcam", parents=[common], help="one line per second from a camera (Ctrl-C)")
+    webcam.add_argument("--device", default="0", metavar="N",
+                        help="camera index, or a video file / stream URL (default %(default)s)")
+    webcam.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between predictions")
+    webcam.set_defaults(func=cmd_webcam)
+
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP service (like python -m server)")
+    serve.add_argument("--host", default=None, help="bind address (env EMOTION_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="port (env EMOTION_PORT)")
+    serve.add_argument("--log-level", default=None, help="(env EMOTION_LOG_LEVEL)")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"emotion: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

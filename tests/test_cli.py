@@ -1,0 +1,214 @@
+"""The ``emotion`` command, run as a real subprocess on clips written by OpenCV, checked against the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from conftest import ROOT, LiveServer, make_settings
+from videos import face_then_no_face, faceless_frame, truncate
+
+from server.cli import format_line, format_timestamp
+from server.schemas import VideoFrame
+
+LINE = re.compile(r"^\d\d:\d\d:\d\d  (no face|[a-z]+  \d{1,3}%)$")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s at 25 fps, 640x480, MJPG: the astronaut for 10 s, then the coffee cup."""
+    return face_then_no_face(tmp_path_factory.mktemp("cli") / "face_then_none.avi")
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path) -> Iterator[LiveServer]:
+    from server.app import create_app
+
+    with LiveServer(create_app(make_settings(model_path, "haar"))) as live:
+        yield live
+
+
+def emotion(model_path: Path, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``emotion COMMAND ... --model M --detector haar`` (the same models as the test server)."""
+    command, *rest = args
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", str(command), *map(str, rest), "--model", str(model_path),
+         "--detector", "haar"],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+def api_video(server: LiveServer, path: Path, **params: object) -> dict:
+    with open(path, "rb") as f:
+        r = httpx.post(f"{server.url}/predict/video", params=params, files={"file": (path.name, f)}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_video_lines_and_crops(model_path: Path, clip: Path, tmp_path: Path) -> None:
+    crops = tmp_path / "crops"
+    result = emotion(model_path, "video", clip, "--crops", crops)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) in (20, 21)
+    assert all(LINE.match(line) for line in lines), lines
+    assert lines[0].startswith("00:00:00  ") and lines[19].startswith("00:00:19  ")
+    assert all("%" in line for line in lines[:10]) and all(line.endswith("no face") for line in lines[10:])
+    # One 48x48 grayscale crop per second with a face, named by time and emotion.
+    files = sorted(crops.iterdir())
+    assert [f.name[:8] for f in files] == [f"00-00-{s:02d}" for s in range(10)]
+    for f, line in zip(files, lines, strict=False):
+        assert f.stem.split("_", 1)[1] == line.split()[1]
+        crop = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        assert crop.shape == (48, 48) and crop.dtype == np.uint8
+        assert crop.std() > 20  # a face, not a flat patch
+
+
+def test_cli_lines_match_the_api(model_path: Path, clip: Path, server: LiveServer) -> None:
+    body = api_video(server, clip)
+    expected = [format_line(VideoFrame.model_validate(f)) for f in body["frames"]]
+    result = emotion(model_path, "video", clip)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == expected
+
+
+def test_cli_json_matches_the_api(model_path: Path, clip: Path, server: LiveServer) -> None:
+    body = api_video(server, clip, every=2.5)
+    result = emotion(model_path, "video", clip, "--json", "--every", "2.5")
+    assert result.returncode == 0, result.stderr
+    cli = json.loads(result.stdout)
+    assert cli["summary"] == body["summary"]
+    assert {k: v for k, v in cli.items() if k != "frames"} == {k: v for k, v in body.items() if k != "frames"}
+    assert len(cli["frames"]) == len(body["frames"]) == 8
+    for mine, theirs in zip(cli["frames"], body["frames"], strict=True):
+        assert mine["t"] == theirs["t"]
+        assert [f["box"] for f in mine["faces"]] == [f["box"] for f in theirs["faces"]]
+        assert [f["emotion"] for f in mine["faces"]] == [f["emotion"] for f in theirs["faces"]]
+        for a, b in zip(mine["faces"], theirs["faces"], strict=True):
+            assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+
+
+def test_fractional_every_shows_milliseconds(model_path: Path, clip: Path) -> None:
+    result = emotion(model_path, "video", clip, "--every", "7.5")
+    assert result.returncode == 0, result.stderr
+    assert [line.split("  ")[0] for line in result.stdout.splitlines()] == ["00:00:00.000", "00:00:07.480",
+                                                                            "00:00:15.000"]
+
+
+def test_progress_bar_on_stderr(model_path: Path, clip: Path) -> None:
+    result = emotion(model_path, "video", clip, "--every", "5", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "100%" in result.stderr and "20/20 s" in result.stderr
+    assert len(result.stdout.splitlines()) == 4  # the bar never lands on stdout
+    quiet = emotion(model_path, "video", clip, "--every", "5")
+    assert quiet.stderr.strip() == ""  # not a terminal: no bar unless asked
+
+
+def test_missing_and_unreadable_files(model_path: Path, clip: Path, tmp_path: Path) -> None:
+    result = emotion(model_path, "video", tmp_path / "nope.mp4")
+    assert result.returncode == 1 and "nope.mp4: no such file" in result.stderr and result.stdout == ""
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(1).bytes(100_000))
+    result = emotion(model_path, "video", junk)
+    assert result.returncode == 1 and "could not open" in result.stderr
+    assert "Traceback" not in result.stderr
+    half = truncate(clip, tmp_path / "half.avi")
+    result = emotion(model_path, "video", half)
+    assert result.returncode == 1 and "truncated" in result.stderr
+    assert 1 <= len(result.stdout.splitlines()) < 20  # what could be read was printed first
+    result = emotion(model_path, "video", clip, "--every", "0")
+    assert result.returncode == 1 and "--every" in result.stderr
+    result = emotion(tmp_path / "missing.onnx", "video", clip)
+    assert result.returncode == 1 and "missing.onnx" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_image_command(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path, server: LiveServer) -> None:
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    empty = tmp_path / "coffee.png"
+    cv2.imwrite(str(empty), faceless_frame())
+    result = emotion(model_path, "image", photo, empty)
+    assert result.returncode == 0, result.stderr
+    api = httpx.post(f"{server.url}/predict", files={"file": ("a.jpg", astronaut_jpeg, "image/jpeg")}).json()
+    face = api["faces"][0]
+    b = face["box"]
+    assert result.stdout.splitlines() == [
+        f"{photo}  face 1  {b['x']},{b['y']} {b['w']}x{b['h']}  {face['emotion']}  {round(face['confidence'] * 100)}%",
+        f"{empty}  no face",
+    ]
+    as_json = emotion(model_path, "image", photo, "--json")
+    assert json.loads(as_json.stdout)["faces"][0]["box"] == b
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    result = emotion(model_path, "image", photo, bad, tmp_path / "gone.png")
+    assert result.returncode == 1
+    assert "gone.png: no such file" in result.stderr and "bad.jpg: could not decode" in result.stderr
+    assert result.stdout.startswith(f"{photo}  face 1")  # the good file is still done
+
+
+def test_webcam_reads_a_device_until_it_ends(model_path: Path, tmp_path: Path) -> None:
+    # A file stands in for the camera and plays at its own frame rate: 3 s -> a line at 0, 1 and 2 s.
+    clip = face_then_no_face(tmp_path / "cam.avi", 2, 1, width=320, height=240)
+    result = emotion(model_path, "webcam", "--device", clip, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # Wall-clock pacing: a slow machine may add a line at the very end (frame 74 of 75 shown at 2.96 s).
+    assert [line[:8] for line in lines[:3]] == ["00:00:00", "00:00:01", "00:00:02"] and len(lines) <= 4, lines
+    assert "%" in lines[0] and lines[-1].endswith("no face")
+    missing = emotion(model_path, "webcam", "--device", tmp_path / "no_camera.avi")
+    assert missing.returncode == 1 and "could not open" in missing.stderr
+
+
+def test_serve_starts_the_service(model_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_path),
+         "--detector", "haar", "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "emotion serve did not become ready"
+            time.sleep(0.2)
+        assert r.json()["detector"] == "haar" and r.json()["model"] == str(model_path)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_timestamps() -> None:
+    assert format_timestamp(3.0) == "00:00:03"
+    assert format_timestamp(3.001) == "00:00:03"  # 29.97 fps: frame 90 is at 3.003 s
+    assert format_timestamp(3725.0) == "01:02:05"
+    assert format_timestamp(2.48, every=2.5) == "00:00:02.480"
+    assert format_timestamp(61.5, every=0.5) == "00:01:01.500"
+
+
+def test_console_script_is_declared() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'emotion = "server.cli:main"' in text
+    result = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 0
+    assert all(cmd in result.stdout for cmd in ("image", "video", "webcam", "serve"))
+

@@ -1,0 +1,335 @@
+"""POST /predict/video and server/video.py on clips written by OpenCV, through a real uvicorn on loopback."""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from conftest import ASTRONAUT_FACE, LiveServer, iou, make_settings
+from videos import face_then_no_face, frame_number, numbered_frame, truncate, write_video
+
+from server.pipeline import InputError
+from server.schemas import Box, Face, VideoFrame
+from server.video import FrameSampler, VideoSummarizer
+
+# The astronaut photo (512x512) letterboxed into 640x480: scale 480/512, 80 px bars left and right.
+SCALE = 480 / 512
+FACE_IN_FRAME = (80 + ASTRONAUT_FACE[0] * SCALE, ASTRONAUT_FACE[1] * SCALE,
+                 ASTRONAUT_FACE[2] * SCALE, ASTRONAUT_FACE[3] * SCALE)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """20 s at 25 fps, 640x480: the astronaut for 10 s, then the coffee cup; as MJPG .avi and mp4v .mp4."""
+    d = tmp_path_factory.mktemp("videos")
+    return {suffix: face_then_no_face(d / f"face_then_none{suffix}") for suffix in (".avi", ".mp4")}
+
+
+@pytest.fixture(scope="module")
+def upload_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("uploads")
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path, upload_dir: Path) -> Iterator[LiveServer]:
+    from server.app import create_app
+
+    settings = make_settings(model_path, "haar", video_temp_dir=upload_dir)
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+def post_video(server: LiveServer, path: Path, **params: object) -> httpx.Response:
+    with open(path, "rb") as f:
+        return httpx.post(f"{server.url}/predict/video", params=params,
+                          files={"file": (path.name, f, "application/octet-stream")}, timeout=120)
+
+
+def wait_empty(directory: Path, timeout: float = 15.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while (left := list(directory.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+# --- sampling --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def numbered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """12 s at 25 fps whose frames show their own number, in three codecs."""
+    d = tmp_path_factory.mktemp("numbered")
+    return {s: write_video(d / f"numbered{s}", (numbered_frame(i) for i in range(300))) for s in (".avi", ".mp4",
+                                                                                                   ".webm")}
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".webm"])
+@pytest.mark.parametrize("every", [1.0, 2.5, 0.3, 7.0])
+def test_sampler_returns_the_frame_nearest_each_time(numbered: dict[str, Path], suffix: str, every: float) -> None:
+    # Nearest frame to k * every, a tie (2.5 s = frame 62.5) going to the earlier one.
+    expected = sorted({math.floor(k * every * 25 + 0.5 - 1e-6) for k in range(int(12 / every) + 1)} - {300})
+    read = {}
+    for strategy in ("grab", "seek", "auto"):
+        with FrameSampler(numbered[suffix], every, strategy=strategy) as sampler:
+            frames = list(sampler)
+            read[strategy] = sampler.frames_read
+        assert [f.index for f in frames] == expected, strategy
+        assert [frame_number(f.image) for f in frames] == expected, f"{strategy}: decoded pixels of other frames"
+        assert [f.t for f in frames] == pytest.approx([i / 25 for i in expected], abs=1e-3)
+    # Seeking really skips decoding; "auto" learns the keyframe spacing while grabbing the first gap, then seeks
+    # over gaps longer than that (62 frames here) and grabs through short ones (25 frames: keyframes every 12).
+    assert read["grab"] > read["seek"]
+    if every == 2.5:
+        assert read["auto"] < read["grab"]
+    if every == 1.0 and suffix != ".avi":
+        assert read["auto"] == read["grab"]
+
+
+def test_sampler_limits_and_non_videos(numbered: dict[str, Path], tmp_path: Path, astronaut_jpeg: bytes) -> None:
+    with pytest.raises(InputError) as err:
+        FrameSampler(numbered[".mp4"], max_seconds=5)
+    assert err.value.status_code == 413 and "12.0 s long" in err.value.detail
+    with pytest.raises(InputError) as err:
+        FrameSampler(numbered[".mp4"], max_pixels=160 * 120 - 1)
+    assert err.value.status_code == 413 and "160x120" in err.value.detail
+    (tmp_path / "photo.mp4").write_bytes(astronaut_jpeg)
+    with pytest.raises(InputError) as err:
+        FrameSampler(tmp_path / "photo.mp4")
+    assert err.value.status_code == 415 and "still image" in err.value.detail
+    (tmp_path / "list.m3u8").write_text("#EXTM3U\n#EXTINF:10,\nfile:///etc/passwd\n")
+    with pytest.raises(InputError) as err:
+        FrameSampler(tmp_path / "list.m3u8")
+    assert err.value.status_code == 415 and "text" in err.value.detail
+    with pytest.raises(InputError) as err:
+        FrameSampler(numbered[".mp4"], every=0.0)
+    assert err.value.status_code == 422
+
+
+def face(emotion: str, labels: tuple[str, ...] = ("neutral", "happy", "sad")) -> Face:
+    probabilities = {label: (0.8 if label == emotion else 0.2 / (len(labels) - 1)) for label in labels}
+    return Face(box=Box(x=0, y=0, w=10, h=10), detection_score=0.9, emotion=emotion, confidence=0.8,
+                probabilities=probabilities, valence=0.0, arousal=0.0)
+
+
+def test_summary_counts_the_largest_face_per_frame() -> None:
+    summarizer = VideoSummarizer(every=0.5)
+    emotions = [["happy", "sad"], ["happy"], [], ["sad"], ["happy", "sad", "sad"], []]
+    for i, names in enumerate(emotions):
+        summarizer.add(VideoFrame(t=i * 0.5, faces=[face(n) for n in names]))
+    summary = summarizer.result()
+    assert (summary.sampled, summary.with_face, summary.without_face) == (6, 4, 2)
+    assert summary.seconds_without_face == 1.0
+    assert summary.emotion_share == {"neutral": 0.0, "happy": 0.75, "sad": 0.25}
+    assert summary.dominant_emotion == "happy"
+
+
+def test_summary_without_faces_and_ties() -> None:
+    empty = VideoSummarizer(every=1.0)
+    empty.add(VideoFrame(t=0.0, faces=[]))
+    assert empty.result().dominant_emotion is None and empty.result().emotion_share == {}
+    tie = VideoSummarizer(every=1.0)
+    for i, name in enumerate(["sad", "happy"]):
+        tie.add(VideoFrame(t=float(i), faces=[face(name)]))
+    assert tie.result().dominant_emotion == "happy"  # the model's label order breaks ties, not frame order
+
+
+# --- the route -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4"])
+def test_json_has_faces_in_the_first_half_only(server: LiveServer, clips: dict[str, Path], upload_dir: Path,
+                                               suffix: str) -> None:
+    r = post_video(server, clips[suffix])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["duration"], body["fps"], body["every"], body["width"], body["height"]) == (20.0, 25.0, 1.0, 640,
+                                                                                           480)
+    frames = body["frames"]
+    assert len(frames) in (20, 21)
+    assert [f["t"] for f in frames] == pytest.approx(list(range(len(frames))))
+    with_face = [f for f in frames if f["t"] < 10]
+    assert len(with_face) == 10
+    for f in with_face:
+        assert len(f["faces"]) == 1, f
+        b = f["faces"][0]["box"]
+        assert iou((b["x"], b["y"], b["w"], b["h"]), FACE_IN_FRAME) > 0.4  # pixels of the video frame
+    assert all(f["faces"] == [] for f in frames if f["t"] >= 10)
+    summary = body["summary"]
+    assert (summary["sampled"], summary["with_face"], summary["without_face"]) == (len(frames), 10, len(frames) - 10)
+    assert summary["seconds_without_face"] == float(len(frames) - 10)
+    assert sum(summary["emotion_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    counts = {e: sum(f["faces"][0]["emotion"] == e for f in with_face) for e in summary["emotion_share"]}
+    assert summary["dominant_emotion"] == max(counts, key=counts.get)
+    assert wait_empty(upload_dir, timeout=0.5) == []  # deleted before the answer was sent
+
+
+def test_every_and_raw_body(server: LiveServer, clips: dict[str, Path], upload_dir: Path) -> None:
+    r = httpx.post(f"{server.url}/predict/video", params={"every": 2.5}, content=clips[".mp4"].read_bytes(),
+                   headers={"Content-Type": "video/mp4"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert [f["t"] for f in r.json()["frames"]] == pytest.approx([0, 2.48, 5, 7.48, 10, 12.48, 15, 17.48])
+    for params in ({"every": 0}, {"every": 601}, {"every": "x"}, {"format": "xml"}):
+        r = post_video(server, clips[".mp4"], **params)
+        assert r.status_code == 422, (params, r.text)
+        assert r.json()["detail"]
+    assert wait_empty(upload_dir) == []
+
+
+def test_ndjson_streams_lines_while_analysing(server: LiveServer, clips: dict[str, Path], upload_dir: Path) -> None:
+    with open(clips[".avi"], "rb") as f, httpx.stream(
+        "POST", f"{server.url}/predict/video", params={"format": "ndjson", "every": 0.25},
+        files={"file": ("clip.avi", f, "video/x-msvideo")}, timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = r.iter_lines()
+        first = json.loads(next(lines))
+        # The first line is here while the rest is still being computed: the upload is still on disk, under a
+        # random name, readable by the server's user only.
+        during = [(p.name, stat.S_IMODE(p.stat().st_mode)) for p in upload_dir.iterdir()]
+        rest = [json.loads(line) for line in lines if line]
+    assert first["t"] == 0.0 and len(first["faces"]) == 1
+    assert len(during) == 1 and during[0][0].startswith("emotion-video-") and during[0][1] == 0o600
+    frames, end = [first, *rest[:-1]], rest[-1]
+    assert len(frames) == 80 and all("t" in f and "faces" in f for f in frames)
+    assert [bool(f["faces"]) for f in frames] == [f["t"] < 10 for f in frames]
+    assert end["summary"]["sampled"] == 80 and end["summary"]["with_face"] == 40 and end["duration"] == 20.0
+    assert list(upload_dir.iterdir()) == []
+
+
+def test_ndjson_client_disconnect_deletes_the_upload(server: LiveServer, clips: dict[str, Path],
+                                                     upload_dir: Path) -> None:
+    with open(clips[".mp4"], "rb") as f, httpx.stream(
+        "POST", f"{server.url}/predict/video", params={"format": "ndjson", "every": 0.1},
+        files={"file": ("clip.mp4", f, "video/mp4")}, timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        first = json.loads(next(r.iter_lines()))
+        assert first["t"] == 0.0, first
+        assert len(list(upload_dir.iterdir())) == 1
+    # Leaving the block closed the connection after one of 200 lines.
+    assert wait_empty(upload_dir) == []
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory, clips: dict[str, Path], astronaut_jpeg: bytes
+              ) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).bytes(200_000))
+    (d / "notes.txt").write_text("not a video\n" * 100)
+    (d / "photo.jpg").write_bytes(astronaut_jpeg)
+    (d / "empty.mp4").write_bytes(b"")
+    return {
+        "random": d / "random.mp4",
+        "text": d / "notes.txt",
+        "image": d / "photo.jpg",
+        "empty": d / "empty.mp4",
+        "half_mp4": truncate(clips[".mp4"], d / "half.mp4"),
+        "half_avi": truncate(clips[".avi"], d / "half.avi"),
+    }
+
+
+@pytest.mark.parametrize(("name", "status", "words"), [
+    ("random", 415, "could not open"),
+    ("half_mp4", 415, "could not open"),  # the index (moov) is at the end of an MP4: cut, it cannot be opened
+    ("half_avi", 422, "truncated"),  # an AVI reads up to the cut: refused once frames stop before its header's end
+    ("text", 415, "text"),
+    ("image", 415, "still image"),
+    ("empty", 400, "empty"),
+])
+def test_bad_files_get_a_4xx_that_says_why(server: LiveServer, bad_files: dict[str, Path], upload_dir: Path,
+                                           name: str, status: int, words: str) -> None:
+    r = post_video(server, bad_files[name])
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+    assert wait_empty(upload_dir, timeout=0.5) == []
+
+
+def test_truncated_video_in_ndjson_ends_with_an_error_line(server: LiveServer, bad_files: dict[str, Path],
+                                                           upload_dir: Path) -> None:
+    r = post_video(server, bad_files["half_avi"], format="ndjson")
+    assert r.status_code == 200  # sent before the cut was reached
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert 1 <= len(lines) - 1 < 20 and all("faces" in line for line in lines[:-1])
+    assert lines[-1]["status_code"] == 422 and "truncated" in lines[-1]["detail"]
+    assert list(upload_dir.iterdir()) == []
+
+
+def test_wrong_content_and_missing_field(server: LiveServer, upload_dir: Path) -> None:
+    url = f"{server.url}/predict/video"
+    r = httpx.post(url, content=b"\x89PNG....", headers={"Content-Type": "image/png"})
+    assert r.status_code == 415 and "video/*" in r.json()["detail"]
+    r = httpx.post(url, files={"video": ("a.mp4", b"1234", "video/mp4")})
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+    r = httpx.post(url, files={"file": ("a.png", b"1234", "image/png")})
+    assert r.status_code == 415
+    assert wait_empty(upload_dir) == []
+
+
+@pytest.fixture(scope="module")
+def strict(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Path]]:
+    """A server with a 300 kB and 5 s limit."""
+    from server.app import create_app
+
+    uploads = tmp_path_factory.mktemp("strict_uploads")
+    settings = make_settings(model_path, "haar", video_temp_dir=uploads, max_video_bytes=300_000,
+                             max_video_seconds=5)
+    with LiveServer(create_app(settings)) as live:
+        yield live, uploads
+
+
+def test_byte_limit_while_streaming(strict: tuple[LiveServer, Path]) -> None:
+    server, uploads = strict
+    url = f"{server.url}/predict/video"
+    # Declared too large: refused on the header.
+    r = httpx.post(url, content=b"\0" * 400_000, headers={"Content-Type": "video/mp4"})
+    assert r.status_code == 413 and "300000" in r.json()["detail"]
+
+    # Chunked (no Content-Length): refused while the bytes arrive.
+    def body() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"\0" * 64_000
+
+    r = httpx.post(url, content=body(), headers={"Content-Type": "video/mp4"})
+    assert r.status_code == 413 and "over the video limit" in r.json()["detail"]
+    assert wait_empty(uploads) == []
+
+
+def test_duration_limit(strict: tuple[LiveServer, Path], tmp_path: Path) -> None:
+    server, uploads = strict
+    clip = face_then_no_face(tmp_path / "long.mp4", 4, 4, width=160, height=120)
+    assert clip.stat().st_size < 300_000
+    r = post_video(server, clip)
+    assert r.status_code == 413 and "8.0 s long" in r.json()["detail"] and "5 s" in r.json()["detail"]
+    assert wait_empty(uploads) == []
+
+
+def test_openapi_documents_the_route(server: LiveServer) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    op = spec["paths"]["/predict/video"]["post"]
+    assert "multipart/form-data" in op["requestBody"]["content"]
+    assert {"200", "413", "415", "422"} <= set(op["responses"])
+    assert {p["name"] for p in op["parameters"]} == {"every", "format"}
+
+
+def test_frames_match_the_pipeline_on_the_same_frames(server: LiveServer, clips: dict[str, Path],
+                                                      haar_pipeline: object) -> None:
+    # The route adds nothing to the pipeline: its answer for t is the pipeline's answer for that frame.
+    body = post_video(server, clips[".mp4"]).json()
+    cap = cv2.VideoCapture(str(clips[".mp4"]))
+    for f in body["frames"][::5]:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, round(f["t"] * 25))
+        ok, image = cap.read()
+        assert ok
+        faces, _ = haar_pipeline.predict(image)  # type: ignore[attr-defined]
+        assert [x.model_dump() for x in faces] == f["faces"]
+    cap.release()

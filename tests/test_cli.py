@@ -158,7 +158,7 @@ def test_image_command(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path, 
 
 def test_webcam_reads_a_device_until_it_ends(model_path: Path, tmp_path: Path) -> None:
     # A file stands in for the camera and plays at its own frame rate: 3 s -> a line at 0, 1 and 2 s.
-    clip = face_then_no_face(tmp_path / "cam.avi", 2, 1, width=320, height=240)
+    clip = face_then_no_face(tmp_path / "cam.avi", 2, 1)
     result = emotion(model_path, "webcam", "--device", clip, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -113,6 +113,23 @@ def test_sampler_limits_and_non_videos(numbered: dict[str, Path], tmp_path: Path
     assert err.value.status_code == 422
 
 
+def test_analysis_decodes_ahead_and_stops_cleanly(numbered: dict[str, Path], haar_pipeline: object) -> None:
+    from server.video import VideoAnalysis
+
+    def run(prefetch: bool) -> list[tuple[float, int]]:
+        with VideoAnalysis.open(numbered[".mp4"], haar_pipeline, 0.5, prefetch=prefetch) as analysis:
+            return [(item.sample.t, frame_number(item.sample.image)) for item in analysis]
+
+    indices = [math.floor(k * 12.5 + 0.5 - 1e-6) for k in range(24)]
+    assert run(True) == run(False) == [(round(i / 25, 3), i) for i in indices]
+    analysis = VideoAnalysis.open(numbered[".mp4"], haar_pipeline, 0.5)
+    assert analysis.next_frame() is not None
+    thread = analysis._prefetcher._thread  # type: ignore[union-attr]
+    assert thread.is_alive()  # blocked two samples ahead, waiting for room in its queue
+    analysis.close()
+    assert not thread.is_alive() and analysis.next_frame() is None
+
+
 def face(emotion: str, labels: tuple[str, ...] = ("neutral", "happy", "sad")) -> Face:
     probabilities = {label: (0.8 if label == emotion else 0.2 / (len(labels) - 1)) for label in labels}
     return Face(box=Box(x=0, y=0, w=10, h=10), detection_score=0.9, emotion=emotion, confidence=0.8,
@@ -212,7 +229,10 @@ def test_ndjson_client_disconnect_deletes_the_upload(server: LiveServer, clips: 
         files={"file": ("clip.mp4", f, "video/mp4")}, timeout=120,
     ) as r:
         assert r.status_code == 200
-        first = json.loads(next(r.iter_lines()))
+        # Keep the line iterator: dropping it would close the connection already (httpx closes a response whose
+        # byte stream is abandoned).
+        lines = r.iter_lines()
+        first = json.loads(next(lines))
         assert first["t"] == 0.0, first
         assert len(list(upload_dir.iterdir())) == 1
     # Leaving the block closed the connection after one of 200 lines.

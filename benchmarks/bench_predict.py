@@ -139,7 +139,8 @@ def main() -> None:
     for kind in detectors:
         settings = Settings(model_path=model, detector=kind, yunet_path=yunet or "missing.onnx")
         pipeline = EmotionPipeline.from_settings(settings)
-        print(f"\n{kind}: detection on <= {pipeline.detect_max_side} px, 640x480 frame, "
+        scale = pipeline.detection_scale(image.shape[1], image.shape[0])
+        print(f"\n{kind}: 640x480 frame, detection on a {round(640 * scale)}x{round(480 * scale)} copy, "
               f"{args.iterations} iterations")
         if kind == detectors[0]:
             bench_decode(jpeg, settings, args.iterations)

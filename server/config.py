@@ -39,15 +39,18 @@ class Settings(BaseSettings):
     # Detection runs on a copy whose longer side is at most this; crops come from the full-resolution image.
     # YuNet finds faces down to ~10 px, so at 320 it keeps faces over ~3% of the image's longer side (~6 ms).
     detect_max_side: int = Field(320, ge=64)
-    # Haar's cost grows with (side / smallest face)^2 and its window is 20 px: at 240 it finds faces over ~1/12
-    # of the longer side (a 2x2 group photo still works) in ~25 ms here; 160 halves that but needs faces over 1/8.
-    haar_max_side: int = Field(240, ge=64)
+    # Haar's cost grows with (copy side / smallest face)^2. Its copy is only as large as needed for a face of
+    # haar_min_face_size pixels (in the sent image) to fill the cascade's 20 px window, with its longer side
+    # between haar_min_side and haar_max_side: a 640x480 frame is searched at 160x120 for faces >= 80 px.
+    haar_max_side: int = Field(320, ge=64)
+    haar_min_side: int = Field(160, ge=32)
+    haar_min_face_size: int = Field(80, ge=1)
     min_face_size: int = Field(20, ge=1)  # pixels of the sent image; smaller detections are dropped
     max_faces: int = Field(32, ge=1)  # largest faces kept per image
     yunet_score_threshold: float = Field(0.7, ge=0.0, le=1.0)
     yunet_nms_threshold: float = Field(0.3, ge=0.0, le=1.0)
     haar_scale_factor: float = Field(1.1, gt=1.0)
-    haar_min_neighbors: int = Field(5, ge=0)
+    haar_min_neighbors: int = Field(4, ge=0)
 
     # CPU: requests run in parallel in a thread pool, so each onnxruntime call stays on few threads.
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)

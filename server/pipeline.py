@@ -206,13 +206,17 @@ class EmotionPipeline:
         detector: FaceDetector,
         classifier: EmotionClassifier,
         *,
-        detect_max_side: int = 640,
+        detect_max_side: int = 320,
+        detect_min_face: int | None = None,
+        detect_min_side: int = 160,
         min_face_size: int = 20,
         max_faces: int = 32,
     ):
         self.detector = detector
         self.classifier = classifier
         self.detect_max_side = detect_max_side
+        self.detect_min_face = detect_min_face
+        self.detect_min_side = detect_min_side
         self.min_face_size = min_face_size
         self.max_faces = max_faces
 
@@ -229,18 +233,35 @@ class EmotionPipeline:
             haar_min_neighbors=settings.haar_min_neighbors,
         )
         classifier = EmotionClassifier(resolve_path(Path(settings.model_path)), settings.intra_op_threads)
-        max_side = settings.haar_max_side if detector.name == "haar" else settings.detect_max_side
-        return cls(detector, classifier, detect_max_side=max_side, min_face_size=settings.min_face_size,
+        if detector.name == "haar":
+            max_side, min_face = settings.haar_max_side, settings.haar_min_face_size
+        else:
+            max_side, min_face = settings.detect_max_side, None
+        return cls(detector, classifier, detect_max_side=max_side, detect_min_face=min_face,
+                   detect_min_side=settings.haar_min_side, min_face_size=settings.min_face_size,
                    max_faces=settings.max_faces)
 
     @property
     def labels(self) -> list[str]:
         return self.classifier.labels
 
+    def detection_scale(self, width: int, height: int) -> float:
+        """Scale of the copy the detector sees (never enlarged): its longer side at most ``detect_max_side``.
+
+        With ``detect_min_face`` (the Haar cascade, whose cost grows with the square of the copy's size) the copy
+        is only as large as needed for a face of that many pixels to fill the detector's window, but its longer
+        side stays at least ``detect_min_side``, so small images are searched for small faces at little cost.
+        """
+        longer = max(width, height)
+        side = float(self.detect_max_side)
+        if self.detect_min_face:
+            side = min(side, max(longer * self.detector.window / self.detect_min_face, self.detect_min_side))
+        return min(1.0, side / longer)
+
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Faces in full-resolution pixels, largest first, at most ``max_faces``, none under ``min_face_size``."""
         h, w = image_bgr.shape[:2]
-        scale = min(1.0, self.detect_max_side / max(h, w))
+        scale = self.detection_scale(w, h)
         small = image_bgr
         if scale < 1.0:
             small = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))),

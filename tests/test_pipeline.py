@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, iou
+from conftest import ASTRONAUT_FACE, ROOT, iou
 
 from server.config import Settings
 from server.pipeline import (
@@ -197,6 +197,33 @@ def test_faceless_photo_gives_an_empty_list(pipeline: EmotionPipeline, faceless_
 def test_gray_and_tiny_images(pipeline: EmotionPipeline) -> None:
     assert pipeline.predict(np.zeros((8, 8, 3), np.uint8))[0] == []
     assert pipeline.predict(np.full((480, 640, 3), 200, np.uint8))[0] == []
+
+
+def test_detection_copy_size(haar_pipeline: EmotionPipeline, yunet_pipeline: EmotionPipeline) -> None:
+    s = Settings()
+    # YuNet: longer side at most detect_max_side, never enlarged.
+    assert yunet_pipeline.detection_scale(640, 480) == s.detect_max_side / 640
+    assert yunet_pipeline.detection_scale(200, 100) == 1.0
+    # Haar: just large enough for an 80 px face to fill the 20 px window, within [min_side, max_side].
+    window = haar_pipeline.detector.window
+    assert haar_pipeline.detection_scale(640, 480) == pytest.approx(window / s.haar_min_face_size)
+    assert haar_pipeline.detection_scale(350, 350) == pytest.approx(s.haar_min_side / 350)
+    assert haar_pipeline.detection_scale(94, 73) == 1.0
+    assert haar_pipeline.detection_scale(4000, 3000) == pytest.approx(s.haar_max_side / 4000)
+
+
+WILD = ROOT.parent / "shared" / "datasets" / "faces-in-the-wild" / "images"
+
+
+@pytest.mark.parametrize(("kind", "recall"), [("haar", 0.78), ("yunet", 0.96)])
+def test_recall_on_real_photos(request: pytest.FixtureRequest, kind: str, recall: float) -> None:
+    """Every photo of faces-in-the-wild shows one face (many are tight crops); a third of them, spread evenly."""
+    if not WILD.is_dir():
+        pytest.skip(f"{WILD} not found (the shared faces-in-the-wild photos)")
+    pipeline: EmotionPipeline = request.getfixturevalue(f"{kind}_pipeline")
+    counts = [len(pipeline.detect(cv2.imread(str(f)))) for f in sorted(WILD.iterdir())[::3]]
+    assert np.mean([c >= 1 for c in counts]) >= recall
+    assert np.mean([c > 1 for c in counts]) <= 0.02  # hardly any second "face"
 
 
 def test_from_settings_uses_yunet_only_when_present(model_path: Path, tmp_path: Path) -> None:

@@ -240,6 +240,27 @@ def test_ndjson_client_disconnect_deletes_the_upload(server: LiveServer, clips: 
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
+def test_client_gone_during_upload_deletes_the_partial_file(server: LiveServer, upload_dir: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import socket
+
+    caplog.set_level(logging.INFO, logger="server")
+
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /predict/video HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                     b"Content-Length: 5000000\r\n\r\n" + b"\0" * 200_000)
+        deadline = time.monotonic() + 10
+        while not list(upload_dir.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(list(upload_dir.iterdir())) == 1  # the upload was being written
+    assert wait_empty(upload_dir) == []
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    messages = [r.getMessage() for r in caplog.records if r.name == "server"]
+    assert "client disconnected before its upload was complete" in messages
+    assert not any("unhandled" in m for m in messages)  # not logged as a server error
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory: pytest.TempPathFactory, clips: dict[str, Path], astronaut_jpeg: bytes
               ) -> dict[str, Path]:

@@ -75,6 +75,13 @@ class Metrics:
             self._meta.setdefault(name, ("counter", help))
             self._counters[key] = self._counters.get(key, 0.0) + value
 
+    def set(self, name: str, help: str, value: float, **labels: str) -> None:
+        """A gauge: the value as it is now."""
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._meta.setdefault(name, ("gauge", help))
+            self._counters[key] = value
+
     def observe(self, name: str, help: str, value: float, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
@@ -99,7 +106,7 @@ class Metrics:
         with self._lock:
             for name, (kind, help) in sorted(self._meta.items()):
                 lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
-                if kind == "counter":
+                if kind in ("counter", "gauge"):
                     for (n, labels), v in sorted(self._counters.items()):
                         if n == name:
                             lines.append(f"{name}{fmt(labels)} {v:g}")
@@ -428,7 +435,7 @@ async def lifespan(app: FastAPI):
              f" ({pipeline.detector.path})" if pipeline.detector.path else "", pipeline.detect_max_side)
     app.state.pipeline = pipeline
     app.state.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="emotion-cpu")
-    app.state.metrics.inc("emotion_model_info", "Loaded model and detector (value 1).", 0,
+    app.state.metrics.set("emotion_model_info", "Loaded model and detector (value 1).", 1,
                           model=str(pipeline.classifier.path), detector=pipeline.detector.name)
     try:
         yield

@@ -164,6 +164,8 @@ def test_metrics_count_requests(client: httpx.Client, astronaut_jpeg: bytes) -> 
     assert "# TYPE emotion_http_request_duration_seconds histogram" in text
     assert re.search(r'emotion_stage_duration_seconds_count\{stage="detect"\} \d+', text)
     assert re.search(r"emotion_faces_detected_total \d+", text)
+    assert "# TYPE emotion_model_info gauge" in text
+    assert re.search(r'emotion_model_info\{detector="haar",model="[^"]+"\} 1\n', text)
 
 
 def test_index_page_and_docs(client: httpx.Client) -> None:

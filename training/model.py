@@ -12,7 +12,7 @@ from torch.nn import functional as F
 @dataclass
 class ModelConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)  # channels per stage; each stage halves the resolution
-    convs_per_stage: int = 2
+    convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)  # one conv at full resolution keeps the stem cheap
     dropout: float = 0.3
     in_channels: int = 1
 
@@ -27,8 +27,8 @@ class EmotionNet(nn.Module):
         self.config = config or ModelConfig()
         layers: list[nn.Module] = []
         cin = self.config.in_channels
-        for width in self.config.widths:
-            for _ in range(self.config.convs_per_stage):
+        for width, n_convs in zip(self.config.widths, self.config.convs_per_stage):
+            for _ in range(n_convs):
                 layers.append(conv_bn_relu(cin, width))
                 cin = width
             layers.append(nn.MaxPool2d(2))

@@ -10,19 +10,28 @@ from training.train import TrainConfig
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the CNN; resumes from OUT/last.pt if present",
-                       description="Train the emotion CNN on FER2013 (+ FER+ votes) or an image folder. Every epoch "
-                       "prints PublicTest accuracy per head, writes OUT/last.pt (resume point), OUT/best_<head>.pt "
-                       "(best PublicTest accuracy) and OUT/history.json.")
+    p = sub.add_parser(
+        "train",
+        help="train the CNN; resumes from OUT/last.pt if present",
+        description="Train the emotion CNN on FER2013 (+ FER+ votes) or an image folder. Every epoch "
+        "prints PublicTest accuracy per head, writes OUT/last.pt (resume point), OUT/best_<head>.pt "
+        "(best PublicTest accuracy) and OUT/history.json.",
+    )
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, (tuple, list)):
-            p.add_argument(flag, nargs="*", type=int if f.name != "heads" else str, default=default,
-                           help=f"(default: {' '.join(map(str, default)) or 'all'})")
+            p.add_argument(
+                flag,
+                nargs="*",
+                type=int if f.name != "heads" else str,
+                default=default,
+                help=f"(default: {' '.join(map(str, default)) or 'all'})",
+            )
         elif f.name == "ferplus":
-            p.add_argument(flag, default=default, help="FER+ votes file joined by row; 'none' to skip "
-                           f"(default: {default})")
+            p.add_argument(
+                flag, default=default, help=f"FER+ votes file joined by row; 'none' to skip (default: {default})"
+            )
         else:
             p.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
 

@@ -23,8 +23,14 @@ FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 FERPLUS_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 FERPLUS_LABELS = ["neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt"]
 SPLITS = ("Training", "PublicTest", "PrivateTest")
-FOLDER_SPLITS = {"train": "Training", "training": "Training", "val": "PublicTest", "valid": "PublicTest",
-                 "validation": "PublicTest", "test": "PrivateTest"}
+FOLDER_SPLITS = {
+    "train": "Training",
+    "training": "Training",
+    "val": "PublicTest",
+    "valid": "PublicTest",
+    "validation": "PublicTest",
+    "test": "PrivateTest",
+}
 IMAGE_SIZE = 48
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -122,7 +128,9 @@ def read_ferplus_votes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         header = [h.strip() for h in (next(reader, None) or [])]
         if header != expected:
             missing = [c for c in expected if c not in header]
-            reason = f"missing column {missing[0]!r}" if missing else f"columns {header} are not in the order {expected}"
+            reason = (
+                f"missing column {missing[0]!r}" if missing else f"columns {header} are not in the order {expected}"
+            )
             raise DataError(path, 1, reason)
         votes, usage = [], []
         for row_no, row in enumerate(reader, start=2):
@@ -155,7 +163,9 @@ def load_fer2013(csv_path: str | Path, ferplus_path: str | Path | None = None) -
     if ferplus_path is not None:
         votes, plus_usage = read_ferplus_votes(ferplus_path)
         if len(votes) != len(images):
-            raise DataError(ferplus_path, None, f"row-count mismatch: {len(votes)} rows here, {len(images)} in {csv_path}")
+            raise DataError(
+                ferplus_path, None, f"row-count mismatch: {len(votes)} rows here, {len(images)} in {csv_path}"
+            )
         bad = np.flatnonzero(plus_usage != usage)
         if len(bad):
             raise DataError(ferplus_path, int(bad[0]) + 2, f"Usage {plus_usage[bad[0]]!r} differs from {csv_path}")

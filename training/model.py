@@ -27,7 +27,7 @@ class EmotionNet(nn.Module):
         self.config = config or ModelConfig()
         layers: list[nn.Module] = []
         cin = self.config.in_channels
-        for width, n_convs in zip(self.config.widths, self.config.convs_per_stage):
+        for width, n_convs in zip(self.config.widths, self.config.convs_per_stage, strict=True):
             for _ in range(n_convs):
                 layers.append(conv_bn_relu(cin, width))
                 cin = width

@@ -59,14 +59,19 @@ def augment(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Ten
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.1
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # Random erasing: a grey rectangle on half the images, so no single facial region is relied on.
     erase = torch.rand(n, generator=generator) < 0.5
     for i in torch.nonzero(erase).flatten().tolist():
         h, w = (torch.randint(size // 5, size // 2, (2,), generator=generator)).tolist()
-        y, x0 = torch.randint(0, size - h, (1,), generator=generator).item(), torch.randint(0, size - w, (1,), generator=generator).item()
+        y, x0 = (
+            torch.randint(0, size - h, (1,), generator=generator).item(),
+            torch.randint(0, size - w, (1,), generator=generator).item(),
+        )
         out[i, :, y : y + h, x0 : x0 + w] = 0.5
     return out
 
@@ -85,14 +90,18 @@ def predict(net: EmotionNet, images: np.ndarray, cfg: TrainConfig, batch: int = 
     net.eval()
     outs: dict[str, list[np.ndarray]] = {h: [] for h in net.heads}
     for i in range(0, len(images), batch):
-        x = to_input(images[i : i + batch], cfg.input_size, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
+        x = to_input(images[i : i + batch], cfg.input_size, cfg.mean, cfg.std).contiguous(
+            memory_format=torch.channels_last
+        )
         a, b = net(x), net(torch.flip(x, dims=[3]))
         for h in outs:
             outs[h].append((0.5 * (F.softmax(a[h], 1) + F.softmax(b[h], 1))).numpy())
     return {h: np.concatenate(v) for h, v in outs.items()}
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, smoothing: float) -> torch.Tensor:
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, smoothing: float
+) -> torch.Tensor:
     k = target.shape[1]
     target = target * (1 - smoothing) + smoothing / k
     per_row = -(target * F.log_softmax(logits, 1) * weight).sum(1)
@@ -120,14 +129,19 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         freq = t[m].sum(0) / max(m.sum(), 1)
         w = np.power(np.maximum(freq, 1e-3), -cfg.class_weight_power)
         weights[h] = torch.tensor(w / (w * freq).sum(), dtype=torch.float32)  # mean weight over the data is 1
-        log(f"class weights {h}: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(ds.labels[h], weights[h].tolist())))
+        log(
+            f"class weights {h}: "
+            + ", ".join(f"{n} {v:.2f}" for n, v in zip(ds.labels[h], weights[h].tolist(), strict=True))
+        )
 
     model_cfg = ModelConfig(widths=tuple(cfg.widths), convs_per_stage=tuple(cfg.convs_per_stage), dropout=cfg.dropout)
     net = EmotionNet({h: len(ds.labels[h]) for h in heads}, model_cfg).to(memory_format=torch.channels_last)
     log(f"model: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters")
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
+    )
 
     state = {"epoch": 0, "history": [], "best": {h: {"accuracy": -1.0, "epoch": -1} for h in heads}}
     last = out / "last.pt"
@@ -166,8 +180,12 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
             seen += len(idx)
             done = (step + 1) / steps_per_epoch
             bar = "#" * int(done * 30)
-            print(f"\repoch {epoch}/{cfg.epochs} [{bar:<30}] {done:4.0%} loss {total / seen:.4f} "
-                  f"{seen / (time.time() - t0):.0f} img/s", end="", flush=True)
+            print(
+                f"\repoch {epoch}/{cfg.epochs} [{bar:<30}] {done:4.0%} loss {total / seen:.4f} "
+                f"{seen / (time.time() - t0):.0f} img/s",
+                end="",
+                flush=True,
+            )
         print(flush=True)
         probs = predict(net, ds.images[val_idx], cfg)
         row = {"epoch": epoch, "train_loss": total / seen, "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
@@ -182,8 +200,16 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         state["history"].append(row)
         state["epoch"] = epoch
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "state": state, "rng": torch.get_rng_state()}, last)
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "state": state,
+                "rng": torch.get_rng_state(),
+            },
+            last,
+        )
         (out / "history.json").write_text(json.dumps(state, indent=1))
     log(f"best: {json.dumps(state['best'])}")
     return state
@@ -191,16 +217,25 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
 
 def _checkpoint(net: EmotionNet, cfg: TrainConfig, ds: FaceDataset, head: str) -> dict:
     """A self-contained checkpoint for one head: what `export` needs, nothing of the optimiser."""
-    return {"model": net.state_dict(), "train_config": asdict(cfg), "model_config": asdict(net.config),
-            "heads": {h: ds.labels[h] for h in net.heads}, "head": head,
-            "label_source": "ferplus" if head == "ferplus" else ("fer2013" if head == "fer2013" else "folder")}
+    return {
+        "model": net.state_dict(),
+        "train_config": asdict(cfg),
+        "model_config": asdict(net.config),
+        "heads": {h: ds.labels[h] for h in net.heads},
+        "head": head,
+        "label_source": "ferplus" if head == "ferplus" else ("fer2013" if head == "fer2013" else "folder"),
+    }
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmotionNet, dict]:
     ckpt = torch.load(path, weights_only=False)
     mc = ckpt["model_config"]
-    config = ModelConfig(widths=tuple(mc["widths"]), convs_per_stage=tuple(mc["convs_per_stage"]),
-                         dropout=mc["dropout"], in_channels=mc["in_channels"])
+    config = ModelConfig(
+        widths=tuple(mc["widths"]),
+        convs_per_stage=tuple(mc["convs_per_stage"]),
+        dropout=mc["dropout"],
+        in_channels=mc["in_channels"],
+    )
     net = EmotionNet({h: len(labels) for h, labels in ckpt["heads"].items()}, config)
     net.load_state_dict(ckpt["model"])
     return net.eval(), ckpt

@@ -1,0 +1,180 @@
+"""Evaluate an exported ONNX model exactly as the server runs it: the server's EmotionClassifier on area-resized faces.
+
+Writes `metrics.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix), `confusion_matrix.png`
+and, given the training history, `learning_curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.data import FaceDataset, load_dataset
+
+
+def classification_report(truth: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
+    k = len(labels)
+    cm = np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = cm.sum(1) > 0  # macro-F1 over the classes the split has
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1[present].mean()),
+        "images": int(cm.sum()),
+        "per_class": {
+            labels[i]: {
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(cm[i].sum()),
+            }
+            for i in range(k)
+        },
+        "labels": labels,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicTest") -> dict:
+    from server.classifier import EmotionClassifier  # the server's own preprocessing and session
+
+    classifier = EmotionClassifier(model_path)
+    spec = classifier.spec
+    head = spec.metadata.get("label_source", "fer2013")
+    if head not in ds.targets:
+        head = next(h for h in ds.targets if ds.labels[h] == spec.labels)
+    idx = ds.split(split)
+    truth = ds.hard_labels(head)[idx]
+    keep = truth >= 0  # FER+ majority protocol: drop unknown / not-a-face / tied rows
+    h, w = spec.input_size
+    faces = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in ds.images[idx][keep]])
+    if spec.channels == 3:
+        faces = np.repeat(faces[..., None], 3, axis=3)
+    if ds.labels[head] != spec.labels:
+        raise ValueError(f"model labels {spec.labels} differ from the data's {ds.labels[head]}")
+    t0 = time.perf_counter()
+    probs = np.concatenate([classifier.infer(faces[i : i + 256]) for i in range(0, len(faces), 256)])
+    seconds = time.perf_counter() - t0
+    report = classification_report(truth[keep], probs.argmax(1), spec.labels)
+    report.update(
+        split=split,
+        model=str(model_path),
+        label_source=head,
+        dropped_rows=int((~keep).sum()),
+        ms_per_face_batched=round(1000 * seconds / len(faces), 3),
+    )
+    return report
+
+
+def plot_confusion(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(report["confusion_matrix"], float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    labels = report["labels"]
+    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(
+        f"{report['split']} ({report['label_source']}): accuracy {report['accuracy']:.1%}, "
+        f"macro-F1 {report['macro_f1']:.3f}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_learning_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = history["history"]
+    epochs = [r["epoch"] for r in rows]
+    heads = sorted({k[: -len("_val_acc")] for r in rows for k in r if k.endswith("_val_acc")})
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(epochs, [r["train_loss"] for r in rows], label="train loss (all heads)")
+    for h in heads:
+        a.plot(epochs, [r[f"{h}_val_loss"] for r in rows], label=f"{h} PublicTest loss")
+        b.plot(epochs, [r[f"{h}_val_acc"] for r in rows], marker="o", ms=3, label=f"{h} PublicTest accuracy")
+    a.set_xlabel("epoch")
+    a.legend()
+    a.grid(alpha=0.3)
+    b.set_xlabel("epoch")
+    b.legend()
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate an exported ONNX model through onnxruntime, as the server runs it",
+        description="Run the ONNX model through the server's classifier on a split and write "
+        "metrics.json, confusion_matrix.png and (with --history) learning_curves.png to --out.",
+    )
+    p.add_argument("model", help="exported .onnx file")
+    p.add_argument(
+        "--data",
+        default="../shared/datasets/fer2013/fer2013.csv.gz",
+        help="fer2013.csv(.gz) or an image-folder root (with --source folder)",
+    )
+    p.add_argument("--source", default="fer2013", choices=["fer2013", "folder"])
+    p.add_argument(
+        "--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="FER+ votes, needed for a FER+ model"
+    )
+    p.add_argument("--split", default="PublicTest", help="Training, PublicTest or PrivateTest (default PublicTest)")
+    p.add_argument("--history", default=None, help="history.json from training, for learning_curves.png")
+    p.add_argument("--out", default=None, help="output folder (default: beside the model)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ferplus = args.ferplus if args.source == "fer2013" and args.ferplus and Path(args.ferplus).exists() else None
+    ds = load_dataset(args.source, args.data, ferplus)
+    report = evaluate_onnx(args.model, ds, args.split)
+    out = Path(args.out) if args.out else Path(args.model).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    plot_confusion(report, out / "confusion_matrix.png")
+    if args.history:
+        plot_learning_curves(json.loads(Path(args.history).read_text()), out / "learning_curves.png")
+    print(
+        f"{report['split']}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+        f"({report['images']} images, {report['dropped_rows']} dropped)"
+    )
+    for label, r in report["per_class"].items():
+        print(
+            f"  {label:<9} precision {r['precision']:.3f}  recall {r['recall']:.3f}  f1 {r['f1']:.3f}  n={r['support']}"
+        )
+    print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}")
+    return 0

@@ -285,6 +285,15 @@ PLACEHOLDER_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Em
 See <a href="/docs">/docs</a> for the API.</p></body></html>"""
 
 
+def upload_body(media: str) -> dict[str, Any]:
+    """OpenAPI request body for an upload: multipart field `file`, or the raw body with a `media` content type."""
+    binary = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": binary}}},
+        media: {"schema": binary},
+    }}}
+
+
 # --- routes --------------------------------------------------------------------------------------------------
 
 router = APIRouter()
@@ -295,18 +304,7 @@ router = APIRouter()
     response_model=PredictResponse,
     responses=ERROR_RESPONSES,
     summary="Detect every face in an image and classify its emotion",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"],
-                               "properties": {"file": {"type": "string", "format": "binary"}}}
-                },
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    },
+    openapi_extra=upload_body("image/*"),
 )
 async def predict(
     request: Request, max_faces: int | None = Query(None, ge=1, description="Keep at most this many faces.")
@@ -344,18 +342,7 @@ VIDEO_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         **VIDEO_ERROR_RESPONSES,
     },
     summary="Classify the faces of one frame per `every` seconds of a video",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"],
-                               "properties": {"file": {"type": "string", "format": "binary"}}}
-                },
-                "video/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    },
+    openapi_extra=upload_body("video/*"),
 )
 async def predict_video(
     request: Request,

@@ -8,12 +8,32 @@ import sys
 
 from training.train import TrainConfig
 
+# What each TrainConfig field means, for `train --help` (the dataclass holds the defaults).
+HELP = {
+    "data": "fer2013.csv(.gz) (Kaggle layout) or, with --source folder, a root of <split>/<emotion>/*.png|jpg",
+    "source": "fer2013 (CSV) or folder (train/ val/ test/ folders of emotion folders)",
+    "out": "run folder: last.pt, best_<head>.pt, history.json",
+    "input_size": "network input in pixels (the 48 px faces are area-resized to it)",
+    "epochs": "total epochs of the one-cycle schedule (a resumed run continues up to this)",
+    "lr": "peak learning rate of the one-cycle SGD schedule",
+    "label_smoothing": "mixed into every target distribution",
+    "class_weight_power": "loss weight per class = frequency^-power (0: none, 1: fully balanced)",
+    "widths": "channels per backbone stage (each stage halves the resolution)",
+    "convs_per_stage": "3x3 convolutions per stage",
+    "threads": "torch CPU threads (0: torch's default)",
+    "limit": "use only the first N training images (smoke tests)",
+    "heads": "label sets to train (fer2013, ferplus, folder)",
+    "mean": "input normalisation after scaling pixels to [0, 1], recorded in the exported model",
+    "std": "see --mean",
+}
+
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the CNN; resumes from OUT/last.pt if present",
-        description="Train the emotion CNN on FER2013 (+ FER+ votes) or an image folder. Every epoch "
+        description="Train the emotion CNN on FER2013 (+ FER+ votes) or an image folder; resumes from "
+        "OUT/last.pt if present. Every epoch "
         "prints PublicTest accuracy per head, writes OUT/last.pt (resume point), OUT/best_<head>.pt "
         "(best PublicTest accuracy) and OUT/history.json.",
     )
@@ -26,14 +46,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 nargs="*",
                 type=int if f.name != "heads" else str,
                 default=default,
-                help=f"(default: {' '.join(map(str, default)) or 'all'})",
+                help=f"{HELP.get(f.name, '')} (default: {' '.join(map(str, default)) or 'all'})".lstrip(),
             )
         elif f.name == "ferplus":
             p.add_argument(
                 flag, default=default, help=f"FER+ votes file joined by row; 'none' to skip (default: {default})"
             )
         else:
-            p.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
+            p.add_argument(
+                flag, type=type(default), default=default, help=f"{HELP.get(f.name, '')} (default: {default})".lstrip()
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,12 +163,18 @@ def load_fer2013(csv_path: str | Path, ferplus_path: str | Path | None = None) -
     if ferplus_path is not None:
         votes, plus_usage = read_ferplus_votes(ferplus_path)
         if len(votes) != len(images):
+            # The row named is the first one that only the longer file has.
             raise DataError(
-                ferplus_path, None, f"row-count mismatch: {len(votes)} rows here, {len(images)} in {csv_path}"
+                ferplus_path,
+                min(len(votes), len(images)) + 2,
+                f"row-count mismatch: {len(votes)} rows here, {len(images)} in {csv_path}",
             )
         bad = np.flatnonzero(plus_usage != usage)
         if len(bad):
-            raise DataError(ferplus_path, int(bad[0]) + 2, f"Usage {plus_usage[bad[0]]!r} differs from {csv_path}")
+            i = int(bad[0])
+            raise DataError(
+                ferplus_path, i + 2, f"Usage {str(plus_usage[i])!r} differs from {str(usage[i])!r} in {csv_path}"
+            )
         emotion_votes = votes[:, : len(FERPLUS_LABELS)]
         total = emotion_votes.sum(1, keepdims=True)
         # An image whose winning vote is "unknown" or "not a face" has no usable emotion (Barsoum et al.).

@@ -149,7 +149,10 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         ckpt = torch.load(last, weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        if ckpt["scheduler"]["total_steps"] == sched.total_steps:
+            sched.load_state_dict(ckpt["scheduler"])
+        else:  # resumed with another --epochs: the saved schedule would stop at its old end, so follow the new one
+            sched.last_epoch = ckpt["scheduler"]["last_epoch"]
         state = ckpt["state"]
         torch.set_rng_state(ckpt["rng"])
         log(f"resumed from {last} after epoch {state['epoch']}")

@@ -1,0 +1,525 @@
+"""The training package end to end on tiny data made here: load every format, reject malformed files with file, row
+and reason, train both heads a couple of epochs and resume, export an ONNX file the server's own classifier accepts,
+check torch/onnxruntime parity, evaluate, and search the crop margin on a real photo.
+
+Everything runs on one thread with a network of a few thousand weights, so the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the training package needs torch (pip install torch==2.13.0)")
+onnx = pytest.importorskip("onnx", reason="the training package needs onnx (the [train] extra)")
+
+from training_data import (  # noqa: E402
+    FERPLUS_HEADER,
+    write_csv,
+    write_fer_pair,
+    write_image_folder,
+)
+
+from server.classifier import EmotionClassifier  # noqa: E402
+from training.__main__ import main  # noqa: E402
+from training.data import (  # noqa: E402
+    FER2013_LABELS,
+    FERPLUS_LABELS,
+    DataError,
+    load_dataset,
+    load_fer2013,
+    load_image_folder,
+)
+from training.evaluate import classification_report, evaluate_onnx  # noqa: E402
+from training.export import export_onnx, measure_margin, parity_check  # noqa: E402
+from training.model import EmotionNet, ExportWrapper, ModelConfig  # noqa: E402
+from training.train import TrainConfig, load_checkpoint, train  # noqa: E402
+
+# export.py uses the TorchScript exporter on purpose (dynamo=False); torch 2.9+ warns about it on every export.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+]
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT_KEYS = (
+    "labels", "input_size", "channels", "mean", "std", "crop_margin", "dataset", "label_source", "metrics", "version",
+    "created",
+)
+TINY = {"epochs": 2, "threads": 1, "batch_size": 16, "widths": (8, 16, 16, 16)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # A training job may own the other cores; export and parity run torch outside `train` too.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fer(tmp_path_factory) -> dict:
+    return write_fer_pair(tmp_path_factory.mktemp("fer"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fer) -> dict:
+    """Both heads (FER2013 labels and FER+ votes) on one backbone, two epochs."""
+    out = tmp_path_factory.mktemp("run") / "joint"
+    ds = load_fer2013(fer["csv"], fer["ferplus"])
+    lines: list[str] = []
+    cfg = TrainConfig(data=str(fer["csv"]), ferplus=str(fer["ferplus"]), out=str(out), **TINY)
+    state = train(cfg, data=ds, log=lines.append)
+    return {"out": out, "state": state, "log": lines, "ds": ds, "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained) -> dict[str, Path]:
+    models = tmp_path_factory.mktemp("models")
+    return {
+        head: export_onnx(
+            trained["out"] / f"best_{head}.pt",
+            models / f"emotion_{head}.onnx",
+            crop_margin=0.15,
+            metrics={"PublicTest": {"accuracy": 0.5}},
+        )
+        for head in ("ferplus", "fer2013")
+    }
+
+
+# --- loading ---------------------------------------------------------------------------------------------------------
+
+
+def test_fer2013_csv_plain_and_gzip_read_the_same(fer):
+    plain, gz = load_fer2013(fer["csv"]), load_fer2013(fer["gz"])
+    for ds in (plain, gz):
+        np.testing.assert_array_equal(ds.images, fer["images"])
+        assert ds.images.dtype == np.uint8 and ds.images.shape == (48, 48, 48)
+        assert ds.labels["fer2013"] == FER2013_LABELS
+        np.testing.assert_array_equal(ds.hard_labels("fer2013"), fer["labels"])
+        # One-hot targets: FER2013 labels are hard.
+        np.testing.assert_array_equal(ds.targets["fer2013"].sum(1), 1.0)
+        assert ds.masks["fer2013"].all()
+        for split in ("Training", "PublicTest", "PrivateTest"):
+            np.testing.assert_array_equal(ds.split(split), np.flatnonzero(fer["usages"] == split))
+        assert "ferplus" not in ds.targets
+    assert [len(plain.split(s)) for s in ("Training", "PublicTest", "PrivateTest")] == [32, 8, 8]
+
+
+def test_ferplus_votes_join_by_row(fer):
+    ds = load_fer2013(fer["gz"], fer["ferplus"])
+    assert ds.labels["ferplus"] == FERPLUS_LABELS == ["neutral", "happy", "surprise", "sad", "angry", "disgust",
+                                                      "fear", "contempt"]
+    targets, masks, hard = ds.targets["ferplus"], ds.masks["ferplus"], ds.hard_labels("ferplus")
+    assert targets.shape == (48, 8) and targets.dtype == np.float32
+    for i, (votes, usable, majority) in enumerate(fer["votes"]):
+        assert masks[i] == usable, f"row {i + 2}: votes {votes}"
+        assert hard[i] == majority, f"row {i + 2}: votes {votes}"
+        emotion_votes = np.array(votes[:8], float)
+        if emotion_votes.sum() > 0:
+            # The distribution is over the eight emotions only: "unknown" and "NF" votes do not dilute it.
+            np.testing.assert_allclose(targets[i], emotion_votes / emotion_votes.sum(), atol=1e-6)
+    np.testing.assert_allclose(targets[1], [0.75, 0.25, 0, 0, 0, 0, 0, 0])
+    # The FER2013 head keeps its own labels on the same rows.
+    np.testing.assert_array_equal(ds.hard_labels("fer2013"), fer["labels"])
+    assert ds.masks["fer2013"].all()
+
+
+def test_image_folder_layout(tmp_path):
+    written = write_image_folder(
+        tmp_path / "faces",
+        {"train": {"happy": 4, "sad": 3, "angry": 2}, "val": {"happy": 2, "sad": 1, "angry": 1}, "test": {"sad": 2}},
+    )
+    (tmp_path / "faces" / "train" / "happy" / "notes.txt").write_text("not an image, and not named like one")
+    ds = load_image_folder(tmp_path / "faces")
+    assert ds.labels["folder"] == ["angry", "happy", "sad"]  # sorted: the class order is reproducible
+    assert ds.images.shape == (9 + 4 + 2, 48, 48)  # 64 px PNG and JPEG files, resized
+    assert [len(ds.split(s)) for s in ("Training", "PublicTest", "PrivateTest")] == [9, 4, 2]
+    assert {p.suffix for p in written["train"]} == {".png", ".jpg"}
+    counts = np.bincount(ds.hard_labels("folder")[ds.split("Training")], minlength=3)
+    assert counts.tolist() == [2, 4, 3]
+    assert (ds.hard_labels("folder")[ds.split("PrivateTest")] == 2).all()
+    # Same loader through the generic entry point the CLI uses.
+    assert load_dataset("folder", tmp_path / "faces").labels == ds.labels
+
+
+# --- malformed input: file, row, reason ------------------------------------------------------------------------------
+
+
+def _fer_variant(tmp_path: Path, fer: dict, row: int, column: int, value: str) -> Path:
+    """fer2013.csv with one cell replaced; `row` counts file lines (header = row 1)."""
+    rows = [list(r) for r in fer["rows"]]
+    rows[row - 2][column] = value
+    return write_csv(tmp_path / "bad_fer2013.csv", ["emotion", "pixels", "Usage"], rows)
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value", "reason"),
+    [
+        (5, 1, " ".join(["7"] * 2303), "wrong pixel count 2303"),
+        (9, 1, " ".join(["300"] * 2304), "outside 0..255"),
+        (4, 1, " ".join(["x"] * 2304), "not integers"),
+        (7, 0, "7", "unknown label 7"),
+        (3, 0, "happy", "unknown label 'happy'"),
+        (12, 2, "Validation", "unknown Usage 'Validation'"),
+    ],
+)
+def test_fer2013_bad_row_names_file_row_and_reason(tmp_path, fer, row, column, value, reason):
+    path = _fer_variant(tmp_path, fer, row, column, value)
+    with pytest.raises(DataError) as err:
+        load_fer2013(path)
+    message = str(err.value)
+    assert "bad_fer2013.csv" in message and f"row {row}:" in message and reason in message, message
+
+
+def test_fer2013_wrong_columns(tmp_path, fer):
+    missing = write_csv(tmp_path / "no_usage.csv", ["emotion", "pixels", "usage"], fer["rows"])
+    with pytest.raises(DataError, match=r"no_usage\.csv, row 1: missing column 'Usage'"):
+        load_fer2013(missing)
+    rows = [list(r) for r in fer["rows"]]
+    rows[20] = rows[20][:2]  # row 22 lost its Usage cell
+    short = write_csv(tmp_path / "short_row.csv", ["emotion", "pixels", "Usage"], rows)
+    with pytest.raises(DataError, match=r"short_row\.csv, row 22: expected 3 columns, found 2"):
+        load_fer2013(short)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"empty\.csv, row 1: file is empty"):
+        load_fer2013(empty)
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        load_fer2013(tmp_path / "nowhere.csv")
+
+
+def test_ferplus_header_wrong(tmp_path, fer):
+    no_nf = write_csv(tmp_path / "plus_no_nf.csv", FERPLUS_HEADER[:-1], [r[:-1] for r in fer["plus_rows"]])
+    with pytest.raises(DataError, match=r"plus_no_nf\.csv, row 1: missing column 'NF'"):
+        load_fer2013(fer["csv"], no_nf)
+    swapped = FERPLUS_HEADER.copy()
+    # happiness before neutral: every vote would land on the wrong class
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    reordered = write_csv(tmp_path / "plus_order.csv", swapped, fer["plus_rows"])
+    with pytest.raises(DataError, match=r"plus_order\.csv, row 1: columns .* are not in the order"):
+        load_fer2013(fer["csv"], reordered)
+
+
+def test_ferplus_bad_rows(tmp_path, fer):
+    rows = [list(r) for r in fer["plus_rows"]]
+    rows[4][5] = "many"
+    bad_votes = write_csv(tmp_path / "plus_votes.csv", FERPLUS_HEADER, rows)
+    with pytest.raises(DataError, match=r"plus_votes\.csv, row 6: vote counts are not numbers"):
+        load_fer2013(fer["csv"], bad_votes)
+
+    rows = [list(r) for r in fer["plus_rows"]]
+    rows[40][0] = "Training"  # a PrivateTest row claims to be training data: the files do not describe the same images
+    usage = write_csv(tmp_path / "plus_usage.csv", FERPLUS_HEADER, rows)
+    message = r"plus_usage\.csv, row 42: Usage .Training. differs from .PrivateTest. in .*fer2013\.csv"
+    with pytest.raises(DataError, match=message):
+        load_fer2013(fer["csv"], usage)
+
+
+def test_ferplus_row_count_mismatch(tmp_path, fer):
+    short = write_csv(tmp_path / "plus_short.csv", FERPLUS_HEADER, fer["plus_rows"][:-3])
+    with pytest.raises(DataError) as err:
+        load_fer2013(fer["csv"], short)
+    message = str(err.value)
+    assert "plus_short.csv" in message and "fer2013.csv" in message, message
+    assert "row-count mismatch" in message and "45 rows" in message and "48" in message, message
+    assert "row 47" in message, message  # the first row one file has and the other lacks
+
+
+def test_image_folder_errors(tmp_path):
+    write_image_folder(tmp_path / "a", {"train": {"happy": 2, "sad": 2}, "val": {"happy": 1, "sad": 1}})
+    fake = tmp_path / "a" / "val" / "sad" / "fake.png"
+    fake.write_text("this is text, not a PNG")
+    with pytest.raises(DataError) as err:
+        load_image_folder(tmp_path / "a")
+    assert "fake.png" in str(err.value) and "not a readable image" in str(err.value)
+
+    write_image_folder(tmp_path / "b", {"train": {"happy": 2, "sad": 2}, "holdout": {"happy": 1}})
+    with pytest.raises(DataError) as err:
+        load_image_folder(tmp_path / "b")
+    assert "holdout" in str(err.value) and "unknown split folder" in str(err.value) and "val" in str(err.value)
+
+    write_image_folder(tmp_path / "c", {"val": {"happy": 2, "sad": 2}})
+    with pytest.raises(DataError, match="no train/ folder"):
+        load_image_folder(tmp_path / "c")
+
+    write_image_folder(tmp_path / "d", {"train": {"happy": 2}})
+    with pytest.raises(DataError, match="at least two emotion folders"):
+        load_image_folder(tmp_path / "d")
+
+
+# --- training and resume ---------------------------------------------------------------------------------------------
+
+
+def test_train_writes_checkpoints_and_history(trained):
+    out, state = trained["out"], trained["state"]
+    assert {p.name for p in out.iterdir()} >= {"last.pt", "best_fer2013.pt", "best_ferplus.pt", "history.json"}
+    history = json.loads((out / "history.json").read_text())
+    assert history == json.loads(json.dumps(state))
+    assert history["epoch"] == 2 and [r["epoch"] for r in history["history"]] == [1, 2]
+    for row in history["history"]:
+        assert np.isfinite(row["train_loss"]) and row["train_loss"] > 0
+        for head in ("fer2013", "ferplus"):
+            assert 0.0 <= row[f"{head}_val_acc"] <= 1.0 and np.isfinite(row[f"{head}_val_loss"])
+    for head in ("fer2013", "ferplus"):
+        best = history["best"][head]
+        assert best["epoch"] in (1, 2)
+        assert best["accuracy"] == max(r[f"{head}_val_acc"] for r in history["history"])
+        net, ckpt = load_checkpoint(out / f"best_{head}.pt")
+        assert ckpt["head"] == head and ckpt["label_source"] == head
+        assert ckpt["heads"] == {"fer2013": FER2013_LABELS, "ferplus": FERPLUS_LABELS}
+        assert tuple(net.config.widths) == (8, 16, 16, 16)
+    log = "\n".join(trained["log"])
+    assert "data: 32 training, 8 PublicTest images; heads ['fer2013', 'ferplus']" in log
+    assert "class weights ferplus" in log and "resumed" not in log
+
+
+def test_resume_continues_after_the_last_epoch(tmp_path, trained):
+    out = tmp_path / "joint"
+    shutil.copytree(trained["out"], out)
+    before = json.loads((out / "history.json").read_text())
+    lines: list[str] = []
+    cfg = dataclasses.replace(trained["cfg"], out=str(out), epochs=3)
+    state = train(cfg, data=trained["ds"], log=lines.append)
+    log = "\n".join(lines)
+    assert f"resumed from {out / 'last.pt'} after epoch 2" in log
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 1 and epoch_lines[0].startswith("epoch 3 "), log  # epochs 1-2 were not trained again
+    assert [r["epoch"] for r in state["history"]] == [1, 2, 3]
+    assert state["history"][:2] == before["history"]
+    assert json.loads((out / "history.json").read_text())["epoch"] == 3
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, trained):
+    """A run killed during epoch 2 and restarted ends exactly where an uninterrupted run does (seeds, RNG state)."""
+    ds, cfg = trained["ds"], trained["cfg"]
+    whole = train(dataclasses.replace(cfg, out=str(tmp_path / "whole")), data=ds, log=lambda _: None)
+
+    class Interrupted(Exception):
+        pass
+
+    def die_in_epoch_2(line: str) -> None:
+        if line.startswith("epoch 2 "):  # logged before epoch 2's checkpoint is written
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "cut")), data=ds, log=die_in_epoch_2)
+    lines: list[str] = []
+    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "cut")), data=ds, log=lines.append)
+    assert any("after epoch 1" in line for line in lines)
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "seconds":
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+# --- export -----------------------------------------------------------------------------------------------------------
+
+
+def test_export_honours_the_model_contract(exported, trained):
+    for head, path in exported.items():
+        model = onnx.load(str(path))
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert set(CONTRACT_KEYS) <= meta.keys(), set(CONTRACT_KEYS) - meta.keys()
+        labels = FERPLUS_LABELS if head == "ferplus" else FER2013_LABELS
+        assert json.loads(meta["labels"]) == labels
+        assert meta["input_size"] == "40" and meta["channels"] == "1"
+        assert json.loads(meta["mean"]) == [0.5] and json.loads(meta["std"]) == [0.25]
+        assert float(meta["crop_margin"]) == 0.15
+        assert meta["label_source"] == head
+        assert meta["dataset"] == ("fer2013.csv + fer2013new.csv" if head == "ferplus" else "fer2013.csv")
+        assert json.loads(meta["metrics"]) == {"PublicTest": {"accuracy": 0.5}}
+        assert meta["version"] == "1"
+        assert dt.datetime.fromisoformat(meta["created"]).tzinfo is not None
+
+        # The real contract check: the server's classifier loads it (it validates every key against the graph and
+        # runs a batch of two) and its preprocessing gives the same answer as the PyTorch model.
+        classifier = EmotionClassifier(path)
+        assert classifier.labels == labels and classifier.spec.input_size == (40, 40)
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.dim_value, "batch dimension must be dynamic"
+        faces = np.random.default_rng(1).integers(0, 256, (5, 40, 40), dtype=np.uint8)
+        probs = classifier.infer(faces)
+        assert probs.shape == (5, len(labels))
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        net, _ = load_checkpoint(trained["out"] / f"best_{head}.pt")
+        x = (torch.from_numpy(faces).float().unsqueeze(1) / 255 - 0.5) / 0.25
+        with torch.no_grad():
+            expected = ExportWrapper(net, head).eval()(x).numpy()
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_parity_check_catches_a_different_model(exported, trained):
+    path = exported["ferplus"]
+    net, _ = load_checkpoint(trained["out"] / "best_ferplus.pt")
+    assert parity_check(ExportWrapper(net, "ferplus").eval(), path, 40) < 1e-4
+
+    torch.manual_seed(123)
+    heads = {"fer2013": 7, "ferplus": 8}
+    other = EmotionNet(heads, ModelConfig(widths=(8, 16, 16, 16))).eval()
+    with pytest.raises(RuntimeError, match="parity check failed"):
+        parity_check(ExportWrapper(other, "ferplus").eval(), path, 40)
+    # Without flip averaging the graph differs from the file too.
+    with pytest.raises(RuntimeError, match="parity check failed"):
+        parity_check(ExportWrapper(net, "ferplus", tta=False).eval(), path, 40)
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------------
+
+
+def test_classification_report_known_values():
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    report = classification_report(truth, pred, ["a", "b", "c", "d"])
+    assert report["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    pc = report["per_class"]
+    assert pc["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert pc["b"] == {"precision": round(2 / 3, 4), "recall": 1.0, "f1": 0.8, "support": 2}
+    assert pc["c"] == {"precision": 1.0, "recall": 0.5, "f1": round(2 / 3, 4), "support": 2}
+    assert pc["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # Macro-F1 averages the classes the split has ("d" has no images, so it is not counted as a zero).
+    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert report["images"] == 6
+
+
+def _assert_consistent(report: dict, labels: list[str], truth: np.ndarray) -> None:
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (len(labels), len(labels)) and report["labels"] == labels
+    assert cm.sum() == report["images"] == len(truth)
+    assert [report["per_class"][name]["support"] for name in labels] == cm.sum(1).tolist()
+    assert cm.sum(1).tolist() == np.bincount(truth, minlength=len(labels)).tolist()
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert 0.0 <= report["macro_f1"] <= 1.0
+
+
+def test_evaluate_onnx_follows_the_ferplus_majority_protocol(exported, trained):
+    ds = trained["ds"]
+    report = evaluate_onnx(exported["ferplus"], ds, "PublicTest")
+    truth = ds.hard_labels("ferplus")[ds.split("PublicTest")]
+    # PublicTest is rows 34-41: unknown-wins, NF-wins and tied rows have no majority label and are dropped.
+    assert (truth < 0).sum() == 3 and report["dropped_rows"] == 3
+    _assert_consistent(report, FERPLUS_LABELS, truth[truth >= 0])
+    assert report["label_source"] == "ferplus" and report["split"] == "PublicTest"
+
+    report = evaluate_onnx(exported["fer2013"], ds, "PrivateTest")
+    _assert_consistent(report, FER2013_LABELS, ds.hard_labels("fer2013")[ds.split("PrivateTest")])
+    assert report["dropped_rows"] == 0
+
+
+def _is_png(path: Path) -> bool:
+    image = cv2.imread(str(path))
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image is not None and min(image.shape[:2]) > 100
+
+
+def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer, capsys):
+    out = tmp_path / "ferplus"
+    rc = main([
+        "evaluate", str(exported["ferplus"]), "--data", str(fer["gz"]), "--ferplus", str(fer["ferplus"]),
+        "--history", str(trained["out"] / "history.json"), "--out", str(out),
+    ])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "images", "dropped_rows"} <= metrics.keys()
+    ds = trained["ds"]
+    truth = ds.hard_labels("ferplus")[ds.split("PublicTest")]
+    _assert_consistent(metrics, FERPLUS_LABELS, truth[truth >= 0])
+    assert _is_png(out / "confusion_matrix.png") and _is_png(out / "learning_curves.png")
+    assert f"accuracy {metrics['accuracy']:.4f}" in capsys.readouterr().out
+
+
+# --- crop margin on a real photo --------------------------------------------------------------------------------------
+
+
+def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) provides the astronaut photo")
+    astronaut = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    cv2.imwrite(str(photos / "images" / "astronaut.jpg"), astronaut)
+    cv2.imwrite(str(photos / "images" / "mirrored.png"), astronaut[:, ::-1])
+    cv2.imwrite(str(photos / "images" / "small.jpg"), cv2.resize(astronaut, (320, 320), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(photos / "images" / "blank.png"), np.full((200, 200, 3), 127, np.uint8))  # no face to find
+    (photos / "labels.csv").write_text(
+        "file,emotion\nastronaut.jpg,happy\nmirrored.png,happy\nsmall.jpg,neutral\nblank.png,sad\n"
+        "astronaut.jpg,contempt\n"  # not a FER2013 label: skipped by the 7-class model
+    )
+    margins = (0.0, 0.1, 0.25)
+    results = measure_margin(exported["fer2013"], photos, yunet=None, margins=margins)
+    assert list(results) == list(margins)
+    for r in results.values():
+        assert r["photos"] == 4 and r["faces"] == 3  # Haar finds the astronaut three times, nothing in the blank
+        assert r["accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)
+
+    # Through the CLI: the best margin is written into the file, with the whole search for the record.
+    out = tmp_path / "emotion_fer2013.onnx"
+    assert main(["export", str(trained["out"] / "best_fer2013.pt"), str(out), "--photos", str(photos)]) == 0
+    meta = EmotionClassifier(out).spec.metadata
+    search = json.loads(meta["margin_search"])
+    assert set(search) == {"0", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"}
+    assert search[meta["crop_margin"]] == max(search.values())
+
+
+# --- command line -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ("train", ["resumes from OUT/last.pt", "--source folder", "'none' to skip", "--epochs", "--widths"]),
+        ("export", ["ONNX", "parity", "--photos", "--yunet", "--margin", "checkpoint"]),
+        ("evaluate", ["server's classifier", "metrics.json", "confusion_matrix.png", "--history", "--split"]),
+    ],
+)
+def test_subcommand_help(command, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    for word in words:
+        assert word in text, f"{command} --help does not mention {word!r}"
+
+
+def test_module_entry_point_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(name in result.stdout for name in ("train", "export", "evaluate"))
+
+
+def test_cli_trains_exports_and_evaluates_an_image_folder(tmp_path, capsys):
+    """The documented path for users' own data: --source folder --data ROOT --ferplus none."""
+    write_image_folder(
+        tmp_path / "faces",
+        {"train": {"happy": 8, "neutral": 8, "sad": 8}, "val": {"happy": 3, "neutral": 3, "sad": 2}},
+    )
+    run = tmp_path / "run"
+    assert main([
+        "train", "--source", "folder", "--data", str(tmp_path / "faces"), "--ferplus", "none", "--out", str(run),
+        "--epochs", "1", "--threads", "1", "--batch-size", "16", "--widths", "8", "16", "16", "16",
+    ]) == 0
+    assert (run / "best_folder.pt").is_file()
+    model = tmp_path / "emotion_folder.onnx"
+    assert main(["export", str(run / "best_folder.pt"), str(model), "--no-tta", "--margin", "0.2"]) == 0
+    spec = EmotionClassifier(model).spec
+    assert spec.labels == ["happy", "neutral", "sad"] and spec.crop_margin == 0.2
+    assert spec.metadata["label_source"] == "folder" and spec.metadata["tta"] == "none"
+    # The history beside the checkpoint becomes the file's PublicTest metric.
+    best = json.loads((run / "history.json").read_text())["best"]["folder"]["accuracy"]
+    assert json.loads(spec.metadata["metrics"]) == {"PublicTest": {"accuracy": round(best, 4)}}
+    assert main(["evaluate", str(model), "--source", "folder", "--data", str(tmp_path / "faces"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    _assert_consistent(metrics, ["happy", "neutral", "sad"], np.array([0] * 3 + [1] * 3 + [2] * 2))
+    assert not (tmp_path / "eval" / "learning_curves.png").exists()  # only with --history

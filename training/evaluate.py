@@ -155,6 +155,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="PublicTest", help="Training, PublicTest or PrivateTest (default PublicTest)")
     p.add_argument("--history", default=None, help="history.json from training, for learning_curves.png")
     p.add_argument("--out", default=None, help="output folder (default: beside the model)")
+    p.add_argument("--record", action="store_true",
+                   help="write the split's accuracy and macro-F1 into the model's `metrics` metadata")
     p.set_defaults(func=run)
 
 
@@ -168,6 +170,15 @@ def run(args: argparse.Namespace) -> int:
     plot_confusion(report, out / "confusion_matrix.png")
     if args.history:
         plot_learning_curves(json.loads(Path(args.history).read_text()), out / "learning_curves.png")
+    if args.record:
+        import onnx
+
+        from training.export import set_metadata
+
+        meta = {p.key: p.value for p in onnx.load(args.model).metadata_props}
+        metrics = json.loads(meta.get("metrics") or "{}")
+        metrics[report["split"]] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)}
+        set_metadata(args.model, metrics=json.dumps(metrics))
     print(
         f"{report['split']}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"({report['images']} images, {report['dropped_rows']} dropped)"

@@ -56,7 +56,7 @@ def export_onnx(
         "mean": json.dumps([cfg["mean"]]),
         "std": json.dumps([cfg["std"]]),
         "crop_margin": f"{crop_margin:g}",
-        "dataset": Path(cfg["data"]).name + (f" + {Path(cfg['ferplus']).name}" if head == "ferplus" else ""),
+        "dataset": " + ".join(Path(p).name for p in (cfg["data"], cfg["ferplus"] if head == "ferplus" else None) if p),
         "label_source": ckpt["label_source"],
         "metrics": json.dumps(metrics or {}),
         "version": version,

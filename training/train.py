@@ -28,9 +28,9 @@ class TrainConfig:
     ferplus: str | None = "../shared/datasets/fer2013/fer2013new.csv"
     out: str = "runs/emotion"
     input_size: int = 40
-    epochs: int = 24
+    epochs: int = 18
     batch_size: int = 128
-    lr: float = 0.1  # peak of the one-cycle schedule
+    lr: float = 0.05  # peak of the one-cycle schedule
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # loss weight per class = frequency^-power (0: none, 1: fully balanced)

@@ -1,0 +1,44 @@
+"""The classifiers shipped in models/: they honour the contract, carry their measured numbers, and see a smile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_settings
+
+from server.classifier import EmotionClassifier
+from server.pipeline import EmotionPipeline
+
+SHIPPED = {"emotion_ferplus.onnx": "ferplus", "emotion_fer2013.onnx": "fer2013"}
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def shipped(request: pytest.FixtureRequest) -> Path:
+    path = ROOT / "models" / request.param
+    assert path.is_file(), f"{path} is not shipped (see models/MODEL_CARD.md for how it is made)"
+    return path
+
+
+def test_metadata_records_how_it_was_made_and_measured(shipped: Path) -> None:
+    spec = EmotionClassifier(shipped).spec
+    meta = spec.metadata
+    assert meta["label_source"] == SHIPPED[shipped.name]
+    assert len(spec.labels) == (8 if meta["label_source"] == "ferplus" else 7)
+    metrics = json.loads(meta["metrics"])["PublicTest"]
+    assert 0.6 < metrics["accuracy"] <= 1 and 0.4 < metrics["macro_f1"] <= 1
+    search = {float(m): acc for m, acc in json.loads(meta["margin_search"]).items()}
+    assert spec.crop_margin == max(search, key=search.get)  # the margin recorded is the best one measured
+
+
+@pytest.mark.parametrize("detector", ["haar", "yunet"])
+def test_the_astronaut_is_smiling(request: pytest.FixtureRequest, shipped: Path, detector: str,
+                                  astronaut_bgr: np.ndarray) -> None:
+    yunet = request.getfixturevalue("yunet_path") if detector == "yunet" else None
+    pipeline = EmotionPipeline.from_settings(make_settings(shipped, detector, yunet))
+    faces, _ = pipeline.predict(astronaut_bgr)
+    assert len(faces) == 1
+    assert faces[0].emotion == "happy", faces[0].probabilities
+    assert faces[0].valence > 0.3

@@ -21,6 +21,7 @@ HELP = {
     "widths": "channels per backbone stage (each stage halves the resolution)",
     "convs_per_stage": "3x3 convolutions per stage",
     "threads": "torch CPU threads (0: torch's default)",
+    "init": "start from the weights of this checkpoint (e.g. runs/joint/last.pt) with a fresh schedule",
     "limit": "use only the first N training images (smoke tests)",
     "heads": "label sets to train (fer2013, ferplus, folder)",
     "mean": "input normalisation after scaling pixels to [0, 1], recorded in the exported model",

@@ -41,6 +41,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     limit: int = 0  # use only the first N training images (smoke tests)
     heads: list[str] = field(default_factory=list)  # empty: every label set the data has
+    init: str = ""  # start from this checkpoint's weights (fine-tuning with a fresh schedule)
     mean: float = 0.5
     std: float = 0.25
 
@@ -137,6 +138,9 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     model_cfg = ModelConfig(widths=tuple(cfg.widths), convs_per_stage=tuple(cfg.convs_per_stage), dropout=cfg.dropout)
     net = EmotionNet({h: len(ds.labels[h]) for h in heads}, model_cfg).to(memory_format=torch.channels_last)
     log(f"model: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters")
+    if cfg.init:
+        net.load_state_dict(torch.load(cfg.init, weights_only=False)["model"])
+        log(f"initialised from {cfg.init}")
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(

@@ -16,7 +16,6 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import shipped_or_generated_model  # noqa: E402
 
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
@@ -120,13 +121,7 @@ def main() -> None:
                                                       "../shared/models/)")
     args = parser.parse_args()
 
-    model = args.model
-    if not model.is_file():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import build_onnx_model
-
-        model = build_onnx_model(Path(tempfile.mkdtemp()) / "tiny_emotion.onnx")
-        print(f"{args.model} not found: using a generated 48x48 test model")
+    model = shipped_or_generated_model(args.model)
     image = one_face_frame()
     jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
     print(f"cpu cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other work on the machine inflates "

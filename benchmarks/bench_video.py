@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import shipped_or_generated_model  # noqa: E402
+
 from server.config import Settings  # noqa: E402
 from server.pipeline import EmotionPipeline  # noqa: E402
 from server.video import FrameSampler, VideoAnalysis  # noqa: E402
@@ -75,13 +77,7 @@ def main() -> None:
     parser.add_argument("--detector", choices=["yunet", "haar", "both"], default="both")
     args = parser.parse_args()
 
-    model = args.model
-    if not model.is_file():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import build_onnx_model
-
-        model = build_onnx_model(Path(tempfile.mkdtemp()) / "tiny_emotion.onnx")
-        print(f"{args.model} not found: using a generated 48x48 test model")
+    model = shipped_or_generated_model(args.model)
     video = args.video
     if video is None:
         video = Path(tempfile.mkdtemp()) / "bench_60s_720p30.mp4"

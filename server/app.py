@@ -44,15 +44,17 @@ from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_li
 log = logging.getLogger("server")
 T = TypeVar("T")
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "Empty, malformed or undecodable input",
-        413: "Over the byte or pixel limit",
-        415: "Not an image content type",
-        422: "Missing `file` field or invalid parameter",
-    }.items()
-}
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for 4xx answers, all shaped as ErrorResponse ({"detail": ...})."""
+    return {code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()}
+
+
+ERROR_RESPONSES = error_responses({
+    400: "Empty, malformed or undecodable input",
+    413: "Over the byte or pixel limit",
+    415: "Not an image content type",
+    422: "Missing `file` field or invalid parameter",
+})
 
 
 # --- metrics (Prometheus text format, in-process) -------------------------------------------------------------
@@ -321,15 +323,12 @@ async def predict(
     return result
 
 
-VIDEO_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "Empty upload or malformed multipart body",
-        413: "Over the byte, duration or pixel limit",
-        415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
-        422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
-    }.items()
-}
+VIDEO_ERROR_RESPONSES = error_responses({
+    400: "Empty upload or malformed multipart body",
+    413: "Over the byte, duration or pixel limit",
+    415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
+    422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
+})
 
 
 @router.post(

@@ -74,7 +74,8 @@ class YuNetDetector:
         return [
             Detection(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[14]))
             for f in faces
-            if min(f[2], f[3]) >= min_size
+            # YuNet can emit a row of NaNs (seen on a real photo); such a box cannot be cropped, so it is no face.
+            if np.isfinite(f[:4]).all() and min(f[2], f[3]) >= min_size
         ]
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -212,3 +214,18 @@ def live_server(model_path: Path) -> Iterator[LiveServer]:
 
     with LiveServer(create_app(make_settings(model_path, "haar"))) as server:
         yield server
+
+
+def wait_until_ready(proc: subprocess.Popen, port: int, what: str, timeout: float = 60) -> httpx.Response:
+    """Poll /readyz of a server started as a subprocess; fail with its output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            if r.status_code == 200:
+                return r
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, f"{what} did not become ready"
+        time.sleep(0.2)

@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import LiveServer, make_settings
+from conftest import LiveServer, make_settings, wait_until_ready
 
 from server.app import create_app, lifespan
 from server.classifier import ModelError
@@ -206,16 +205,7 @@ def test_python_m_server_starts_with_env_and_flags(model_path: Path, tmp_path: P
     proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(proc, port, "server")
         assert httpx.get(f"http://127.0.0.1:{port}/model").json()["detector"] == "haar"
         # Started outside the checkout, it still finds web/ through the project root.
         page = httpx.get(f"http://127.0.0.1:{port}/")

@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, LiveServer, make_settings
+from conftest import ROOT, LiveServer, make_settings, wait_until_ready
 from videos import face_then_no_face, faceless_frame, truncate
 
 from server.cli import format_line, format_timestamp
@@ -179,17 +178,7 @@ def test_serve_starts_the_service(model_path: Path) -> None:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "emotion serve did not become ready"
-            time.sleep(0.2)
+        r = wait_until_ready(proc, port, "emotion serve")
         assert r.json()["detector"] == "haar" and r.json()["model"] == str(model_path)
     finally:
         proc.terminate()

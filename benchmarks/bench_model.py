@@ -32,8 +32,10 @@ def bench(path: str, runs: int = 300) -> None:
             classifier.infer(crops)
             times.append((time.perf_counter() - t0) * 1000 / batch)
         p50, p95 = np.percentile(times, [50, 95])
-        print(f"{Path(path).name:<24} batch {batch}: per face p50 {p50:.2f} ms  p95 {p95:.2f} ms  "
-              f"(tta={classifier.spec.metadata.get('tta', '?')}, input {h}x{w})")
+        print(
+            f"{Path(path).name:<24} batch {batch}: per face p50 {p50:.2f} ms  p95 {p95:.2f} ms  "
+            f"(tta={classifier.spec.metadata.get('tta', '?')}, input {h}x{w})"
+        )
 
 
 if __name__ == "__main__":

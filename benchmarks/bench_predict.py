@@ -87,6 +87,7 @@ def bench_http(settings: Settings, jpeg: bytes, iterations: int) -> None:
         time.sleep(0.02)
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
+
             def post() -> httpx.Response:
                 return client.post("/predict", files={"file": ("frame.jpg", jpeg, "image/jpeg")})
 
@@ -107,8 +108,12 @@ def bench_http(settings: Settings, jpeg: bytes, iterations: int) -> None:
 
 
 def find_yunet(arg: str | None) -> Path | None:
-    candidates = [arg, os.environ.get("EMOTION_YUNET_PATH"), ROOT / "models/face_detection_yunet_2023mar.onnx",
-                  ROOT.parent / "shared/models/face_detection_yunet_2023mar.onnx"]
+    candidates = [
+        arg,
+        os.environ.get("EMOTION_YUNET_PATH"),
+        ROOT / "models/face_detection_yunet_2023mar.onnx",
+        ROOT.parent / "shared/models/face_detection_yunet_2023mar.onnx",
+    ]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
@@ -117,15 +122,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--http-iterations", type=int, default=50)
     parser.add_argument("--model", type=Path, default=ROOT / "models/emotion_ferplus.onnx")
-    parser.add_argument("--yunet", default=None, help="YuNet .onnx (default: EMOTION_YUNET_PATH, models/, "
-                                                      "../shared/models/)")
+    parser.add_argument(
+        "--yunet", default=None, help="YuNet .onnx (default: EMOTION_YUNET_PATH, models/, ../shared/models/)"
+    )
     args = parser.parse_args()
 
     model = shipped_or_generated_model(args.model)
     image = one_face_frame()
     jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
-    print(f"cpu cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other work on the machine inflates "
-          f"wall times), opencv threads {cv2.getNumThreads()}, model {model}")
+    print(
+        f"cpu cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other work on the machine inflates "
+        f"wall times), opencv threads {cv2.getNumThreads()}, model {model}"
+    )
 
     yunet = find_yunet(args.yunet)
     detectors = ["haar"] + (["yunet"] if yunet else [])
@@ -135,8 +143,10 @@ def main() -> None:
         settings = Settings(model_path=model, detector=kind, yunet_path=yunet or "missing.onnx")
         pipeline = EmotionPipeline.from_settings(settings)
         scale = pipeline.detection_scale(image.shape[1], image.shape[0])
-        print(f"\n{kind}: 640x480 frame, detection on a {round(640 * scale)}x{round(480 * scale)} copy, "
-              f"{args.iterations} iterations")
+        print(
+            f"\n{kind}: 640x480 frame, detection on a {round(640 * scale)}x{round(480 * scale)} copy, "
+            f"{args.iterations} iterations"
+        )
         if kind == detectors[0]:
             bench_decode(jpeg, settings, args.iterations)
         bench_pipeline(pipeline, image, args.iterations)

@@ -44,7 +44,7 @@ def write_clip(path: Path, seconds: int = 60, fps: int = 30, width: int = 1280, 
     for i in range(seconds * fps):
         frame = np.full((height, width, 3), 110, np.uint8)
         x = int((width - side) * (0.5 + 0.4 * np.sin(i / 90)))  # drifts left and right every ~19 s
-        frame[(height - side) // 2:(height + side) // 2, x:x + side] = face
+        frame[(height - side) // 2 : (height + side) // 2, x : x + side] = face
         cv2.putText(frame, f"{i:05d}", (20, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (255, 255, 255), 3)
         writer.write(frame)
     writer.release()
@@ -62,8 +62,12 @@ def report(name: str, duration: float, wall: float, cpu: float, extra: str = "")
 
 
 def find_yunet(arg: str | None) -> Path | None:
-    candidates = [arg, os.environ.get("EMOTION_YUNET_PATH"), ROOT / "models/face_detection_yunet_2023mar.onnx",
-                  ROOT.parent / "shared/models/face_detection_yunet_2023mar.onnx"]
+    candidates = [
+        arg,
+        os.environ.get("EMOTION_YUNET_PATH"),
+        ROOT / "models/face_detection_yunet_2023mar.onnx",
+        ROOT.parent / "shared/models/face_detection_yunet_2023mar.onnx",
+    ]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
@@ -72,8 +76,9 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=None, help="a clip to use instead of the generated one")
     parser.add_argument("--every", type=float, default=1.0)
     parser.add_argument("--model", type=Path, default=ROOT / "models/emotion_ferplus.onnx")
-    parser.add_argument("--yunet", default=None, help="YuNet .onnx (default: EMOTION_YUNET_PATH, models/, "
-                                                      "../shared/models/)")
+    parser.add_argument(
+        "--yunet", default=None, help="YuNet .onnx (default: EMOTION_YUNET_PATH, models/, ../shared/models/)"
+    )
     parser.add_argument("--detector", choices=["yunet", "haar", "both"], default="both")
     args = parser.parse_args()
 
@@ -87,12 +92,15 @@ def main() -> None:
     with FrameSampler(video, args.every) as sampler:
         info = sampler.info
     duration = info.duration or 0.0
-    print(f"clip: {info.width}x{info.height}, {info.fps:g} fps, {duration:.1f} s, codec {info.codec}; "
-          f"every={args.every:g} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
-          f"(other jobs share the cores), opencv threads {cv2.getNumThreads()}")
+    print(
+        f"clip: {info.width}x{info.height}, {info.fps:g} fps, {duration:.1f} s, codec {info.codec}; "
+        f"every={args.every:g} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
+        f"(other jobs share the cores), opencv threads {cv2.getNumThreads()}"
+    )
 
     print("frame sampling only (decode, no pipeline):")
     for strategy in ("grab", "seek", "auto"):
+
         def sample(strategy: str = strategy) -> tuple[int, int]:
             with FrameSampler(video, args.every, strategy=strategy) as s:
                 return sum(1 for _ in s), s.frames_read
@@ -111,6 +119,7 @@ def main() -> None:
         pipeline = EmotionPipeline.from_settings(settings)
 
         for prefetch in (True, False):
+
             def analyse(pipeline: EmotionPipeline = pipeline, prefetch: bool = prefetch) -> tuple[int, int]:
                 with VideoAnalysis.open(video, pipeline, args.every, prefetch=prefetch) as analysis:
                     frames = [item.result for item in analysis]

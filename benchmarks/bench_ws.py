@@ -41,7 +41,7 @@ def astronaut_jpeg(width: int = 640, height: int = 480, quality: int = 80) -> by
     w, h = round(photo.shape[1] * scale), round(photo.shape[0] * scale)
     frame = np.full((height, width, 3), 96, np.uint8)
     x, y = (width - w) // 2, (height - h) // 2
-    frame[y:y + h, x:x + w] = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+    frame[y : y + h, x : x + w] = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
@@ -66,13 +66,29 @@ def default_model(tmp: Path) -> Path:
 
 
 def start_server(model: Path, detector: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, EMOTION_MODEL_PATH=str(model), EMOTION_DETECTOR=detector, EMOTION_LOG_LEVEL="warning",
-               EMOTION_WS_MAX_CONNECTIONS="64")
+    env = dict(
+        os.environ,
+        EMOTION_MODEL_PATH=str(model),
+        EMOTION_DETECTOR=detector,
+        EMOTION_LOG_LEVEL="warning",
+        EMOTION_WS_MAX_CONNECTIONS="64",
+    )
     yunet = ROOT.parent / "shared" / "models" / "face_detection_yunet_2023mar.onnx"
     if "EMOTION_YUNET_PATH" not in env and not (ROOT / "models" / yunet.name).is_file() and yunet.is_file():
         env["EMOTION_YUNET_PATH"] = str(yunet)
-    cmd = [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "server.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -88,8 +104,15 @@ def start_server(model: Path, detector: str, port: int) -> subprocess.Popen:
     raise SystemExit("server did not become ready in 60 s")
 
 
-async def client(url: str, frame: bytes, stop_at: float, warmup_until: float, rtts: list[float],
-                 server_ms: list[float], faces: list[int]) -> int:
+async def client(
+    url: str,
+    frame: bytes,
+    stop_at: float,
+    warmup_until: float,
+    rtts: list[float],
+    server_ms: list[float],
+    faces: list[int],
+) -> int:
     processed = 0
     async with websockets.connect(url, max_size=None) as ws:
         while time.perf_counter() < stop_at:
@@ -114,8 +137,9 @@ async def scenario(url: str, frame: bytes, clients: int, seconds: float, warmup:
     t0 = time.perf_counter()
     warmup_until = t0 + warmup
     stop_at = warmup_until + seconds
-    counts = await asyncio.gather(*(client(url, frame, stop_at, warmup_until, rtts, server_ms, faces)
-                                    for _ in range(clients)))
+    counts = await asyncio.gather(
+        *(client(url, frame, stop_at, warmup_until, rtts, server_ms, faces) for _ in range(clients))
+    )
     measured = time.perf_counter() - warmup_until
     q = statistics.quantiles(rtts, n=100, method="inclusive")
     return {
@@ -152,14 +176,20 @@ def main() -> None:
             with urllib.request.urlopen(f"{http}/model", timeout=5) as r:
                 info = json.load(r)
             print(f"server {http}: detector {info['detector']}, model {info['path']} ({len(info['labels'])} labels)")
-            print(f"frame: 640x480 JPEG, {len(frame)} bytes; {os.cpu_count()} CPU cores; "
-                  f"{args.seconds:g} s per scenario after {args.warmup:g} s warm-up")
-            print(f"{'clients':>7} {'fps total':>9} {'fps/client':>10} {'rtt p50 ms':>10} {'rtt p95 ms':>10} "
-                  f"{'server p50 ms':>13} {'faces':>5}")
+            print(
+                f"frame: 640x480 JPEG, {len(frame)} bytes; {os.cpu_count()} CPU cores; "
+                f"{args.seconds:g} s per scenario after {args.warmup:g} s warm-up"
+            )
+            print(
+                f"{'clients':>7} {'fps total':>9} {'fps/client':>10} {'rtt p50 ms':>10} {'rtt p95 ms':>10} "
+                f"{'server p50 ms':>13} {'faces':>5}"
+            )
             for n in args.clients:
                 r = asyncio.run(scenario(url, frame, n, args.seconds, args.warmup))
-                print(f"{r['clients']:>7} {r['fps']:>9.1f} {r['fps_per_client']:>10.1f} {r['rtt_p50']:>10.1f} "
-                      f"{r['rtt_p95']:>10.1f} {r['server_p50']:>13.1f} {r['faces_mean']:>5.2f}")
+                print(
+                    f"{r['clients']:>7} {r['fps']:>9.1f} {r['fps_per_client']:>10.1f} {r['rtt_p50']:>10.1f} "
+                    f"{r['rtt_p95']:>10.1f} {r['server_p50']:>13.1f} {r['faces_mean']:>5.2f}"
+                )
         finally:
             if proc is not None:
                 proc.terminate()

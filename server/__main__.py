@@ -21,8 +21,13 @@ def main(argv: list[str] | None = None) -> None:
     # Workers are threads inside one process (the app's CPU pool): the model is loaded once and shared.
     # uvicorn buffers a whole WebSocket message before the app sees it: cap that at the app's own frame limit
     # (+1 so the app, not uvicorn, answers an oversize frame, with its 1009 close and message).
-    uvicorn.run("server.app:app", host=args.host, port=args.port, log_level=args.log_level.lower(),
-                ws_max_size=defaults.ws_max_frame_bytes + 1)
+    uvicorn.run(
+        "server.app:app",
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        ws_max_size=defaults.ws_max_frame_bytes + 1,
+    )
 
 
 if __name__ == "__main__":

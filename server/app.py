@@ -44,17 +44,20 @@ from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_li
 log = logging.getLogger("server")
 T = TypeVar("T")
 
+
 def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for 4xx answers, all shaped as ErrorResponse ({"detail": ...})."""
     return {code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()}
 
 
-ERROR_RESPONSES = error_responses({
-    400: "Empty, malformed or undecodable input",
-    413: "Over the byte or pixel limit",
-    415: "Not an image content type",
-    422: "Missing `file` field or invalid parameter",
-})
+ERROR_RESPONSES = error_responses(
+    {
+        400: "Empty, malformed or undecodable input",
+        413: "Over the byte or pixel limit",
+        415: "Not an image content type",
+        422: "Missing `file` field or invalid parameter",
+    }
+)
 
 
 # --- metrics (Prometheus text format, in-process) -------------------------------------------------------------
@@ -100,8 +103,9 @@ class Metrics:
             items = labels + extra
             if not items:
                 return ""
-            escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                       for k, v in items)
+            escaped = (
+                f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in items
+            )
             return "{" + ",".join(escaped) + "}"
 
         lines: list[str] = []
@@ -149,10 +153,19 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None)
             route = "static" if route == "" else route or "unmatched"
-            self.metrics.inc("emotion_http_requests_total", "HTTP requests by route and status.",
-                             method=scope["method"], route=route, status=str(status))
-            self.metrics.observe("emotion_http_request_duration_seconds", "HTTP request latency.",
-                                 time.perf_counter() - start, route=route)
+            self.metrics.inc(
+                "emotion_http_requests_total",
+                "HTTP requests by route and status.",
+                method=scope["method"],
+                route=route,
+                status=str(status),
+            )
+            self.metrics.observe(
+                "emotion_http_request_duration_seconds",
+                "HTTP request latency.",
+                time.perf_counter() - start,
+                route=route,
+            )
 
 
 # --- uploads ---------------------------------------------------------------------------------------------------
@@ -183,8 +196,11 @@ async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", 
         return await _read_multipart(request, options.get(b"boundary"), max_bytes, kind, field)
     if not mime_str.startswith(f"{kind}/"):
         shown = mime_str or "none"
-        raise InputError(415, f"unsupported content type {shown!r}: send a multipart form with a {field!r} field "
-                              f"or a raw body with Content-Type {kind}/*")
+        raise InputError(
+            415,
+            f"unsupported content type {shown!r}: send a multipart form with a {field!r} field "
+            f"or a raw body with Content-Type {kind}/*",
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -237,10 +253,17 @@ async def _read_multipart(request: Request, boundary: bytes | None, max_bytes: i
             found["done"] = True
         state["headers"], state["current"] = {}, None
 
-    parser = MultipartParser(boundary, {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     try:
         async for chunk in request.stream():
             parser.write(chunk)
@@ -263,8 +286,9 @@ async def run_cpu(app: FastAPI, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(app.state.executor, fn, *args)
 
 
-def predict_bytes(pipeline: EmotionPipeline, data: bytes, settings: Settings, max_faces: int | None = None
-                  ) -> PredictResponse:
+def predict_bytes(
+    pipeline: EmotionPipeline, data: bytes, settings: Settings, max_faces: int | None = None
+) -> PredictResponse:
     """Decode + predict, for the thread pool; also used by the WebSocket route."""
     t0 = time.perf_counter()
     image = decode_image(data, settings)
@@ -290,10 +314,17 @@ See <a href="/docs">/docs</a> for the API.</p></body></html>"""
 def upload_body(media: str) -> dict[str, Any]:
     """OpenAPI request body for an upload: multipart field `file`, or the raw body with a `media` content type."""
     binary = {"type": "string", "format": "binary"}
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": binary}}},
-        media: {"schema": binary},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": {"file": binary}}
+                },
+                media: {"schema": binary},
+            },
+        }
+    }
 
 
 # --- routes --------------------------------------------------------------------------------------------------
@@ -318,26 +349,31 @@ async def predict(
     metrics: Metrics = app.state.metrics
     metrics.inc("emotion_faces_detected_total", "Faces found in predicted images.", len(result.faces))
     for stage in ("decode", "detect", "classify"):
-        metrics.observe("emotion_stage_duration_seconds", "Pipeline stage latency.",
-                        result.timings_ms[stage] / 1e3, stage=stage)
+        metrics.observe(
+            "emotion_stage_duration_seconds", "Pipeline stage latency.", result.timings_ms[stage] / 1e3, stage=stage
+        )
     return result
 
 
-VIDEO_ERROR_RESPONSES = error_responses({
-    400: "Empty upload or malformed multipart body",
-    413: "Over the byte, duration or pixel limit",
-    415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
-    422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
-})
+VIDEO_ERROR_RESPONSES = error_responses(
+    {
+        400: "Empty upload or malformed multipart body",
+        413: "Over the byte, duration or pixel limit",
+        415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
+        422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
+    }
+)
 
 
 @router.post(
     "/predict/video",
     response_model=VideoResponse,
     responses={
-        200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-              "description": "`format=json`: the whole answer. `format=ndjson`: one `VideoFrame` per line as it is "
-                             "computed, then a `VideoStreamEnd` line (or a `VideoStreamError` line)."},
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "description": "`format=json`: the whole answer. `format=ndjson`: one `VideoFrame` per line as it is "
+            "computed, then a `VideoStreamEnd` line (or a `VideoStreamError` line).",
+        },
         **VIDEO_ERROR_RESPONSES,
     },
     summary="Classify the faces of one frame per `every` seconds of a video",
@@ -351,8 +387,9 @@ async def predict_video(
     app = request.app
     settings: Settings = app.state.settings
     # Streams to a temporary file (deleted below whatever happens): a video does not fit the in-memory upload path.
-    path = await receive_video(request.headers, request.stream(), max_bytes=settings.max_video_bytes,
-                               temp_dir=settings.video_temp_dir)
+    path = await receive_video(
+        request.headers, request.stream(), max_bytes=settings.max_video_bytes, temp_dir=settings.video_temp_dir
+    )
     analysis: VideoAnalysis | None = None
     streaming = False
     try:
@@ -364,8 +401,9 @@ async def predict_video(
             submit = app.state.executor.submit
             lines = ndjson_lines(analysis, path, partial(run_cpu, app), submit)
             streaming = True
-            return StreamingResponse(lines, media_type="application/x-ndjson",
-                                     background=BackgroundTask(discard, analysis, path, submit))
+            return StreamingResponse(
+                lines, media_type="application/x-ndjson", background=BackgroundTask(discard, analysis, path, submit)
+            )
         frames = []
         while (frame := await run_cpu(app, analysis.next_frame)) is not None:
             frames.append(frame)
@@ -380,9 +418,15 @@ async def model_info(request: Request) -> ModelInfo:
     pipeline: EmotionPipeline = request.app.state.pipeline
     spec = pipeline.classifier.spec
     return ModelInfo(
-        path=str(pipeline.classifier.path), labels=spec.labels, input_size=list(spec.input_size),
-        channels=spec.channels, mean=spec.mean, std=spec.std, crop_margin=spec.crop_margin,
-        metadata=spec.metadata, detector=pipeline.detector.name,
+        path=str(pipeline.classifier.path),
+        labels=spec.labels,
+        input_size=list(spec.input_size),
+        channels=spec.channels,
+        mean=spec.mean,
+        std=spec.std,
+        crop_margin=spec.crop_margin,
+        metadata=spec.metadata,
+        detector=pipeline.detector.name,
         detector_path=str(pipeline.detector.path) if pipeline.detector.path else None,
     )
 
@@ -392,8 +436,12 @@ async def healthz() -> HealthResponse:
     return HealthResponse()
 
 
-@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
-            summary="Readiness: the model and detector are loaded")
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse}},
+    summary="Readiness: the model and detector are loaded",
+)
 async def readyz(request: Request) -> ReadyResponse | JSONResponse:
     pipeline: EmotionPipeline | None = getattr(request.app.state, "pipeline", None)
     if pipeline is None:
@@ -415,14 +463,30 @@ async def lifespan(app: FastAPI):
     # A model that breaks the contract stops start-up here, with the ModelError naming the key.
     pipeline = EmotionPipeline.from_settings(settings)
     spec = pipeline.classifier.spec
-    log.info("model %s: %d labels %s, input %s x%d, crop margin %.2f", pipeline.classifier.path, len(spec.labels),
-             spec.labels, spec.input_size, spec.channels, spec.crop_margin)
-    log.info("face detector: %s%s (detection on copies of at most %d px)", pipeline.detector.name,
-             f" ({pipeline.detector.path})" if pipeline.detector.path else "", pipeline.detect_max_side)
+    log.info(
+        "model %s: %d labels %s, input %s x%d, crop margin %.2f",
+        pipeline.classifier.path,
+        len(spec.labels),
+        spec.labels,
+        spec.input_size,
+        spec.channels,
+        spec.crop_margin,
+    )
+    log.info(
+        "face detector: %s%s (detection on copies of at most %d px)",
+        pipeline.detector.name,
+        f" ({pipeline.detector.path})" if pipeline.detector.path else "",
+        pipeline.detect_max_side,
+    )
     app.state.pipeline = pipeline
     app.state.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="emotion-cpu")
-    app.state.metrics.set("emotion_model_info", "Loaded model and detector (value 1).", 1,
-                          model=str(pipeline.classifier.path), detector=pipeline.detector.name)
+    app.state.metrics.set(
+        "emotion_model_info",
+        "Loaded model and detector (value 1).",
+        1,
+        model=str(pipeline.classifier.path),
+        detector=pipeline.detector.name,
+    )
     try:
         yield
     finally:

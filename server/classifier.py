@@ -40,18 +40,27 @@ class ModelSpec:
                 raise ModelError(f"model metadata is missing {key!r} (required: {', '.join(REQUIRED_KEYS)})")
 
         labels = _json(meta, "labels")
-        if (not isinstance(labels, list) or not labels
-                or not all(isinstance(s, str) and s for s in labels) or len(set(labels)) != len(labels)):
-            raise ModelError(f"model metadata 'labels' must be a JSON list of distinct non-empty strings, "
-                             f"got {meta['labels']!r}")
+        if (
+            not isinstance(labels, list)
+            or not labels
+            or not all(isinstance(s, str) and s for s in labels)
+            or len(set(labels)) != len(labels)
+        ):
+            raise ModelError(
+                f"model metadata 'labels' must be a JSON list of distinct non-empty strings, got {meta['labels']!r}"
+            )
 
         size = _json(meta, "input_size")
         if isinstance(size, int) and not isinstance(size, bool):
             size = [size, size]
-        if (not isinstance(size, list) or len(size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise ModelError(f"model metadata 'input_size' must be a positive int or [H, W], "
-                             f"got {meta['input_size']!r}")
+        if (
+            not isinstance(size, list)
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
+            raise ModelError(
+                f"model metadata 'input_size' must be a positive int or [H, W], got {meta['input_size']!r}"
+            )
 
         try:
             channels = int(meta["channels"])
@@ -115,7 +124,8 @@ class EmotionClassifier:
         self._input, self._output = self._check_graph()
         self._scale = (1.0 / (255.0 * np.asarray(self.spec.std, np.float32))).reshape(1, -1, 1, 1)
         self._shift = (np.asarray(self.spec.mean, np.float32) / np.asarray(self.spec.std, np.float32)).reshape(
-            1, -1, 1, 1)
+            1, -1, 1, 1
+        )
         self._check_output()
 
     @property
@@ -155,8 +165,10 @@ class EmotionClassifier:
         except Exception as exc:
             raise ModelError(f"model fails on a batch of 2 (is the batch dimension dynamic?): {exc}") from exc
         if probs.shape != (2, len(self.spec.labels)):
-            raise ModelError(f"model metadata 'labels' has {len(self.spec.labels)} entries but the output has shape "
-                             f"{probs.shape[1:]}")
+            raise ModelError(
+                f"model metadata 'labels' has {len(self.spec.labels)} entries but the output has shape "
+                f"{probs.shape[1:]}"
+            )
         if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or (probs < 0).any():
             raise ModelError("model output is not a probability distribution (softmax must be inside the graph)")
 

@@ -141,8 +141,16 @@ def cmd_image(args: argparse.Namespace) -> int:
             continue
         faces, _ = pipeline.predict(image)
         if args.json:
-            print(json.dumps({"path": str(path), "width": image.shape[1], "height": image.shape[0],
-                              "faces": [f.model_dump() for f in faces]}))
+            print(
+                json.dumps(
+                    {
+                        "path": str(path),
+                        "width": image.shape[1],
+                        "height": image.shape[0],
+                        "faces": [f.model_dump() for f in faces],
+                    }
+                )
+            )
             continue
         if not faces:
             print(f"{path}  no face")
@@ -182,8 +190,11 @@ def cmd_video(args: argparse.Namespace) -> int:
     except InputError as exc:
         raise CliError(f"{path}: {exc.detail}") from exc
     duration = analysis.info.duration
-    show_progress = args.progress if args.progress is not None else (
-        sys.stderr.isatty() and (duration is None or duration >= PROGRESS_MIN_SECONDS))
+    show_progress = (
+        args.progress
+        if args.progress is not None
+        else (sys.stderr.isatty() and (duration is None or duration >= PROGRESS_MIN_SECONDS))
+    )
     bar = ProgressBar(duration, sys.stderr) if show_progress and duration else None
     frames: list[VideoFrame] = []
     try:
@@ -281,10 +292,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", type=Path, default=None,
-                        help="emotion model (.onnx; env EMOTION_MODEL_PATH, default models/emotion_ferplus.onnx)")
-    common.add_argument("--detector", choices=["auto", "yunet", "haar"], default=None,
-                        help="face detector (env EMOTION_DETECTOR, default auto: YuNet when its file is present)")
+    common.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="emotion model (.onnx; env EMOTION_MODEL_PATH, default models/emotion_ferplus.onnx)",
+    )
+    common.add_argument(
+        "--detector",
+        choices=["auto", "yunet", "haar"],
+        default=None,
+        help="face detector (env EMOTION_DETECTOR, default auto: YuNet when its file is present)",
+    )
 
     parser = argparse.ArgumentParser(prog="emotion", description="Facial-emotion recognition from the terminal.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -296,19 +315,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     video = commands.add_parser("video", parents=[common], help="one line per analysed second of a video")
     video.add_argument("path", type=Path, metavar="PATH")
-    video.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between analysed frames "
-                       "(default %(default)s)")
-    video.add_argument("--crops", type=Path, default=None, metavar="DIR",
-                       help="save the classified face of each analysed frame as a 48x48 grayscale PNG")
+    video.add_argument(
+        "--every", type=float, default=1.0, metavar="S", help="seconds between analysed frames (default %(default)s)"
+    )
+    video.add_argument(
+        "--crops",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save the classified face of each analysed frame as a 48x48 grayscale PNG",
+    )
     video.add_argument("--json", action="store_true", help="print the JSON that POST /predict/video answers")
-    video.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"progress bar on stderr (default: on a terminal, for videos of "
-                            f"{PROGRESS_MIN_SECONDS:.0f} s or more)")
+    video.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress bar on stderr (default: on a terminal, for videos of {PROGRESS_MIN_SECONDS:.0f} s or more)",
+    )
     video.set_defaults(func=cmd_video)
 
     webcam = commands.add_parser("webcam", parents=[common], help="one line per second from a camera (Ctrl-C)")
-    webcam.add_argument("--device", default="0", metavar="N",
-                        help="camera index, or a video file / stream URL (default %(default)s)")
+    webcam.add_argument(
+        "--device", default="0", metavar="N", help="camera index, or a video file / stream URL (default %(default)s)"
+    )
     webcam.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between predictions")
     webcam.set_defaults(func=cmd_webcam)
 

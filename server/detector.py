@@ -93,8 +93,14 @@ class HaarDetector:
     name = "haar"
     path: Path | None = None
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 4, cascade: str = "frontalface_alt2",
-                 pad: float = 0.1, equalize: bool = True):
+    def __init__(
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 4,
+        cascade: str = "frontalface_alt2",
+        pad: float = 0.1,
+        equalize: bool = True,
+    ):
         self.cascade = Path(cv2.data.haarcascades) / f"haarcascade_{cascade}.xml"
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
@@ -149,8 +155,9 @@ def create_detector(
     if kind == "yunet" or (kind == "auto" and yunet_path.is_file()):
         return YuNetDetector(yunet_path, yunet_score_threshold, yunet_nms_threshold)
     if kind == "auto":
-        log.warning("YuNet model %s not found, falling back to the Haar cascade (run `python -m server.download`)",
-                    yunet_path)
+        log.warning(
+            "YuNet model %s not found, falling back to the Haar cascade (run `python -m server.download`)", yunet_path
+        )
     elif kind != "haar":
         raise ValueError(f"unknown detector {kind!r}; expected 'auto', 'yunet' or 'haar'")
     return HaarDetector(haar_scale_factor, haar_min_neighbors)

@@ -67,8 +67,13 @@ def _download(url: str, dest: Path, sha256: str, timeout: float) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def fetch(dest: Path | str, urls: tuple[str, ...] | list[str] = YUNET_URLS, sha256: str = YUNET_SHA256,
-          *, timeout: float = 60.0) -> bool:
+def fetch(
+    dest: Path | str,
+    urls: tuple[str, ...] | list[str] = YUNET_URLS,
+    sha256: str = YUNET_SHA256,
+    *,
+    timeout: float = 60.0,
+) -> bool:
     """Make ``dest`` hold the file with ``sha256``: True if downloaded, False if it was already there.
 
     A present file with the right hash is kept; one with a wrong hash is replaced. Each URL is tried in turn;
@@ -95,8 +100,12 @@ def fetch(dest: Path | str, urls: tuple[str, ...] | list[str] = YUNET_URLS, sha2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.download", description=__doc__.splitlines()[0])
-    parser.add_argument("--dest", type=Path, default=get_settings().yunet_path,
-                        help="where to put the YuNet model (default: %(default)s, env EMOTION_YUNET_PATH)")
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=get_settings().yunet_path,
+        help="where to put the YuNet model (default: %(default)s, env EMOTION_YUNET_PATH)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network read")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

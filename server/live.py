@@ -200,10 +200,12 @@ class LiveSession:
                 self.frames += 1
                 self.hub.frames_received += 1
                 if len(data) > self.settings.ws_max_frame_bytes:
-                    await self.send(LiveError(
-                        frame_id=self.frames,
-                        error=f"frame is {len(data)} bytes, over the limit of {self.settings.ws_max_frame_bytes}",
-                    ))
+                    await self.send(
+                        LiveError(
+                            frame_id=self.frames,
+                            error=f"frame is {len(data)} bytes, over the limit of {self.settings.ws_max_frame_bytes}",
+                        )
+                    )
                     await self.websocket.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                     return
                 if not data:
@@ -245,8 +247,9 @@ class LiveSession:
             dropped = self.slot.dropped
             start = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self.app.state.executor, predict_bytes, pipeline, frame.data,
-                                                    self.settings, self.max_faces)
+                result = await loop.run_in_executor(
+                    self.app.state.executor, predict_bytes, pipeline, frame.data, self.settings, self.max_faces
+                )
             except InputError as exc:
                 metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
                 await self.send(LiveError(frame_id=frame.frame_id, error=exc.detail))
@@ -260,10 +263,17 @@ class LiveSession:
             self.hub.frames_processed += 1
             metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="processed")
             metrics.observe("emotion_ws_frame_duration_seconds", "Live frame processing time.", server_s)
-            await self.send(LiveResult(
-                frame_id=frame.frame_id, width=result.width, height=result.height, faces=result.faces,
-                server_ms=round(server_s * 1e3, 3), dropped=dropped, timings_ms=result.timings_ms,
-            ))
+            await self.send(
+                LiveResult(
+                    frame_id=frame.frame_id,
+                    width=result.width,
+                    height=result.height,
+                    faces=result.faces,
+                    server_ms=round(server_s * 1e3, 3),
+                    dropped=dropped,
+                    timings_ms=result.timings_ms,
+                )
+            )
 
 
 @router.websocket("/ws")
@@ -281,9 +291,11 @@ async def live_stream(websocket: WebSocket) -> None:
         # Accept first so a browser gets a readable message and close reason rather than a failed handshake.
         hub.rejected += 1
         metrics.inc("emotion_ws_connections_total", "Live connections by outcome.", outcome="rejected")
-        await websocket.send_text(LiveError(
-            error=f"server busy: {hub.max_connections} live connections are open; try again later"
-        ).model_dump_json())
+        await websocket.send_text(
+            LiveError(
+                error=f"server busy: {hub.max_connections} live connections are open; try again later"
+            ).model_dump_json()
+        )
         await websocket.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
         return
     hub.active += 1

@@ -95,9 +95,9 @@ def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
             continue
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             return None
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _JPEG_SOF:
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             return "jpeg", w, h
         i += 2 + length
     return None
@@ -237,9 +237,15 @@ class EmotionPipeline:
             max_side, min_face = settings.haar_max_side, settings.haar_min_face_size
         else:
             max_side, min_face = settings.detect_max_side, None
-        return cls(detector, classifier, detect_max_side=max_side, detect_min_face=min_face,
-                   detect_min_side=settings.haar_min_side, min_face_size=settings.min_face_size,
-                   max_faces=settings.max_faces)
+        return cls(
+            detector,
+            classifier,
+            detect_max_side=max_side,
+            detect_min_face=min_face,
+            detect_min_side=settings.haar_min_side,
+            min_face_size=settings.min_face_size,
+            max_faces=settings.max_faces,
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -264,8 +270,9 @@ class EmotionPipeline:
         scale = self.detection_scale(w, h)
         small = image_bgr
         if scale < 1.0:
-            small = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
-                               interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
         found = self.detector.infer(small, min_size=max(1, int(self.min_face_size * scale)))
         faces: list[Detection] = []
         for d in found:
@@ -285,22 +292,28 @@ class EmotionPipeline:
         spec = self.classifier.spec
         faces: list[Face] = []
         if detections:
-            crops = np.stack([crop_face(image_bgr, (d.x, d.y, d.w, d.h), spec.crop_margin, spec.input_size,
-                                        spec.channels) for d in detections])
+            crops = np.stack(
+                [
+                    crop_face(image_bgr, (d.x, d.y, d.w, d.h), spec.crop_margin, spec.input_size, spec.channels)
+                    for d in detections
+                ]
+            )
             probs = self.classifier.infer(crops)
             for d, p in zip(detections, probs, strict=True):
                 probabilities = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}
                 best = int(np.argmax(p))
                 valence, arousal = valence_arousal(probabilities)
-                faces.append(Face(
-                    box=Box(x=int(round(d.x)), y=int(round(d.y)), w=int(round(d.w)), h=int(round(d.h))),
-                    detection_score=round(d.score, 4),
-                    emotion=spec.labels[best],
-                    confidence=float(p[best]),
-                    probabilities=probabilities,
-                    valence=round(valence, 4),
-                    arousal=round(arousal, 4),
-                ))
+                faces.append(
+                    Face(
+                        box=Box(x=int(round(d.x)), y=int(round(d.y)), w=int(round(d.w)), h=int(round(d.h))),
+                        detection_score=round(d.score, 4),
+                        emotion=spec.labels[best],
+                        confidence=float(p[best]),
+                        probabilities=probabilities,
+                        valence=round(valence, 4),
+                        arousal=round(arousal, 4),
+                    )
+                )
         t2 = time.perf_counter()
         timings = {"detect": (t1 - t0) * 1e3, "classify": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
         return faces, {k: round(v, 3) for k, v in timings.items()}

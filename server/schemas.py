@@ -45,7 +45,8 @@ class VideoSummary(BaseModel):
     seconds_without_face: float = Field(description="`without_face * every`: video time with no face seen.")
     emotion_share: dict[str, float] = Field(
         description="Label -> share of the frames with a face where it was the largest face's emotion; "
-                    "empty when no frame had a face.")
+        "empty when no frame had a face."
+    )
     dominant_emotion: str | None = Field(description="Label with the largest share; null when no face was seen.")
 
 

@@ -121,8 +121,11 @@ class FrameSampler:
         # CAP_FFMPEG only: other backends would read image sequences or devices from a path.
         self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not self._cap.isOpened():
-            raise InputError(415, "could not open the upload as a video: unsupported container or codec, "
-                                  "or a corrupt file (an MP4 cut short loses its index and cannot be opened)")
+            raise InputError(
+                415,
+                "could not open the upload as a video: unsupported container or codec, "
+                "or a corrupt file (an MP4 cut short loses its index and cannot be opened)",
+            )
         try:
             self.info = self._read_info(max_pixels)
         except BaseException:
@@ -144,11 +147,14 @@ class FrameSampler:
         if width <= 0 or height <= 0:
             raise InputError(422, f"the video reports a frame size of {width}x{height}")
         if max_pixels is not None and width * height > max_pixels:
-            raise InputError(413, f"video frames are {width}x{height} = {width * height} pixels, over the limit of "
-                                  f"{max_pixels} pixels")
+            raise InputError(
+                413,
+                f"video frames are {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels",
+            )
         frame_count = int(count) if math.isfinite(count) and 0 < count < 2**40 else None
-        info = VideoInfo(fps=fps, frame_count=frame_count, width=width, height=height,
-                         codec=_fourcc(cap.get(cv2.CAP_PROP_FOURCC)))
+        info = VideoInfo(
+            fps=fps, frame_count=frame_count, width=width, height=height, codec=_fourcc(cap.get(cv2.CAP_PROP_FOURCC))
+        )
         if self.max_seconds is not None and info.duration is not None and info.duration > self.max_seconds:
             raise InputError(413, f"video is {info.duration:.1f} s long, over the limit of {self.max_seconds:g} s")
         return info
@@ -198,8 +204,11 @@ class FrameSampler:
         count = self.info.frame_count
         # Containers round their frame counts: only a gap of more than half a second is a truncation.
         if count is not None and t * self.info.fps < count - max(2.0, self.info.fps / 2):
-            raise InputError(422, f"the video is truncated or corrupt: frames stop at {t:.1f} s, its header says "
-                                  f"{self.info.duration:.1f} s")
+            raise InputError(
+                422,
+                f"the video is truncated or corrupt: frames stop at {t:.1f} s, its header says "
+                f"{self.info.duration:.1f} s",
+            )
 
     def __iter__(self) -> Iterator[SampledFrame]:
         fps = self.info.fps
@@ -379,10 +388,19 @@ class VideoAnalysis:
             self._next = partial(next, frames, None)
 
     @classmethod
-    def open(cls, path: str | Path, pipeline: EmotionPipeline, every: float, settings: Settings | None = None,
-             strategy: Strategy = "auto", prefetch: bool = True) -> VideoAnalysis:
+    def open(
+        cls,
+        path: str | Path,
+        pipeline: EmotionPipeline,
+        every: float,
+        settings: Settings | None = None,
+        strategy: Strategy = "auto",
+        prefetch: bool = True,
+    ) -> VideoAnalysis:
         sampler = FrameSampler(
-            path, every, strategy=strategy,
+            path,
+            every,
+            strategy=strategy,
             max_seconds=settings.max_video_seconds if settings is not None else None,
             max_pixels=settings.max_pixels if settings is not None else None,
         )
@@ -417,9 +435,14 @@ class VideoAnalysis:
 
     def end(self) -> VideoStreamEnd:
         info = self.info
-        return VideoStreamEnd(duration=round(self.sampler.duration, 3), fps=round(info.fps, 3),
-                              every=self.sampler.every, width=info.width, height=info.height,
-                              summary=self.summarizer.result())
+        return VideoStreamEnd(
+            duration=round(self.sampler.duration, 3),
+            fps=round(info.fps, 3),
+            every=self.sampler.every,
+            width=info.width,
+            height=info.height,
+            summary=self.summarizer.result(),
+        )
 
     def response(self, frames: list[VideoFrame]) -> VideoResponse:
         return VideoResponse(**self.end().model_dump(), frames=frames)
@@ -466,8 +489,11 @@ async def receive_video(
     if declared.isdigit() and int(declared) > max_bytes + overhead:
         raise InputError(413, f"upload is {declared} bytes, over the video limit of {max_bytes} bytes")
     if not multipart and not (mime_str.startswith("video/") or mime_str == "application/octet-stream"):
-        raise InputError(415, f"unsupported content type {mime_str or 'none'!r}: send a multipart form with a "
-                              f"{field!r} field or a raw body with Content-Type video/*")
+        raise InputError(
+            415,
+            f"unsupported content type {mime_str or 'none'!r}: send a multipart form with a "
+            f"{field!r} field or a raw body with Content-Type video/*",
+        )
     if temp_dir is not None:
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="emotion-video-", dir=temp_dir)  # O_EXCL, mode 0600
@@ -496,12 +522,12 @@ async def receive_video(
     return path
 
 
-async def _receive_multipart(boundary: bytes | None, chunks: AsyncIterable[bytes], write: Callable[[bytes], None],
-                             field: str) -> None:
+async def _receive_multipart(
+    boundary: bytes | None, chunks: AsyncIterable[bytes], write: Callable[[bytes], None], field: str
+) -> None:
     if not boundary:
         raise InputError(400, "multipart body without a boundary in its Content-Type")
-    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "found": False,
-                             "done": False}
+    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "found": False, "done": False}
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["name"] += data[start:end]
@@ -532,10 +558,17 @@ async def _receive_multipart(boundary: bytes | None, chunks: AsyncIterable[bytes
             state["done"] = True
         state["headers"], state["current"] = {}, None
 
-    parser = MultipartParser(boundary, {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     try:
         async for chunk in chunks:
             parser.write(chunk)
@@ -546,8 +579,9 @@ async def _receive_multipart(boundary: bytes | None, chunks: AsyncIterable[bytes
         raise InputError(422, f"multipart form has no {field!r} field: send the video as {field}=@<path>")
 
 
-def discard(analysis: VideoAnalysis | None, path: Path, submit: Callable[[Callable[[], None]], Any] | None = None
-            ) -> None:
+def discard(
+    analysis: VideoAnalysis | None, path: Path, submit: Callable[[Callable[[], None]], Any] | None = None
+) -> None:
     """Delete the upload now and release the decoder (through ``submit``, e.g. a pool, so the event loop never
     waits for a frame in progress). Deleting first is safe: an open file stays readable after its name is gone."""
     path.unlink(missing_ok=True)
@@ -562,8 +596,9 @@ def discard(analysis: VideoAnalysis | None, path: Path, submit: Callable[[Callab
     analysis.close()
 
 
-async def ndjson_lines(analysis: VideoAnalysis, path: Path, run: RunBlocking,
-                       submit: Callable[[Callable[[], None]], Any] | None = None) -> AsyncIterator[bytes]:
+async def ndjson_lines(
+    analysis: VideoAnalysis, path: Path, run: RunBlocking, submit: Callable[[Callable[[], None]], Any] | None = None
+) -> AsyncIterator[bytes]:
     """One JSON line per sampled frame as soon as it is computed, then the summary line
     ``{duration, fps, every, width, height, summary}``. An error after the first line can no longer change the
     status code: it becomes a last line ``{"detail": ..., "status_code": ...}``. The upload is deleted when the
@@ -576,4 +611,3 @@ async def ndjson_lines(analysis: VideoAnalysis, path: Path, run: RunBlocking,
         yield VideoStreamError(detail=exc.detail, status_code=exc.status_code).model_dump_json().encode() + b"\n"
     finally:
         discard(analysis, path, submit)
-

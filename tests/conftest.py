@@ -75,7 +75,8 @@ def build_onnx_model(
         helper.make_node("Flatten", ["input"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
         helper.make_node("Add", ["logits0", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=1) if softmax
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1)
+        if softmax
         else helper.make_node("Identity", ["logits"], ["probs"]),
     ]
     graph = helper.make_graph(

@@ -63,8 +63,9 @@ def test_predict_raw_body_and_octet_stream_part(client: httpx.Client, astronaut_
     assert r.status_code == 200 and len(r.json()["faces"]) == 1
 
 
-def test_predict_faceless_and_max_faces(client: httpx.Client, faceless_bgr: np.ndarray,
-                                        astronaut_bgr: np.ndarray) -> None:
+def test_predict_faceless_and_max_faces(
+    client: httpx.Client, faceless_bgr: np.ndarray, astronaut_bgr: np.ndarray
+) -> None:
     r = client.post("/predict", files={"file": ("coffee.png", png(faceless_bgr), "image/png")})
     assert r.status_code == 200 and r.json()["faces"] == []
     tiled = np.vstack([np.hstack([astronaut_bgr] * 2)] * 2)
@@ -72,20 +73,26 @@ def test_predict_faceless_and_max_faces(client: httpx.Client, faceless_bgr: np.n
     assert r.status_code == 200 and len(r.json()["faces"]) == 3
 
 
-@pytest.mark.parametrize(("kwargs", "status", "words"), [
-    ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 400, "empty"),
-    ({"content": b"definitely not an image", "headers": {"content-type": "image/jpeg"}}, 400, "decode"),
-    ({"content": b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 40, "headers": {"content-type": "image/jpeg"}},
-     400, "decode"),
-    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type"),
-    ({"json": {"image": "base64?"}}, 415, "content type"),
-    ({"content": b"\x00" * 10}, 415, "content type"),  # no content type at all
-    ({"files": {"file": ("notes.txt", b"hello", "text/plain")}}, 415, "content type"),
-    ({"files": {"image": ("a.jpg", b"\xff\xd8", "image/jpeg")}}, 422, "'file'"),
-    ({"data": {"name": "x"}, "files": {"other": ("x", b"1")}}, 422, "'file'"),
-    ({"files": {"file": ("empty.jpg", b"", "image/jpeg")}}, 400, "empty"),
-    ({"content": b"--xyz\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400, "boundary"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "words"),
+    [
+        ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 400, "empty"),
+        ({"content": b"definitely not an image", "headers": {"content-type": "image/jpeg"}}, 400, "decode"),
+        (
+            {"content": b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 40, "headers": {"content-type": "image/jpeg"}},
+            400,
+            "decode",
+        ),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+        ({"json": {"image": "base64?"}}, 415, "content type"),
+        ({"content": b"\x00" * 10}, 415, "content type"),  # no content type at all
+        ({"files": {"file": ("notes.txt", b"hello", "text/plain")}}, 415, "content type"),
+        ({"files": {"image": ("a.jpg", b"\xff\xd8", "image/jpeg")}}, 422, "'file'"),
+        ({"data": {"name": "x"}, "files": {"other": ("x", b"1")}}, 422, "'file'"),
+        ({"files": {"file": ("empty.jpg", b"", "image/jpeg")}}, 400, "empty"),
+        ({"content": b"--xyz\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400, "boundary"),
+    ],
+)
 def test_bad_input_gets_a_clear_4xx(client: httpx.Client, kwargs: dict, status: int, words: str) -> None:
     r = client.post("/predict", **kwargs)
     assert r.status_code == status, r.text
@@ -109,8 +116,11 @@ def test_limits(strict_server: LiveServer, astronaut_bgr: np.ndarray) -> None:
         r = c.post("/predict", files={"file": ("a.bmp", big, "image/bmp")})
         assert r.status_code == 413 and "bytes" in r.json()["detail"]
         # Without Content-Length (chunked), the limit is enforced while streaming.
-        r = c.post("/predict", content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
-                   headers={"content-type": "image/bmp"})
+        r = c.post(
+            "/predict",
+            content=iter([big[i : i + 8192] for i in range(0, len(big), 8192)]),
+            headers={"content-type": "image/bmp"},
+        )
         assert r.status_code == 413 and "bytes" in r.json()["detail"]
         r = c.post("/predict", content=small_but_many_pixels, headers={"content-type": "image/jpeg"})
         assert r.status_code == 413 and "pixels" in r.json()["detail"]
@@ -130,9 +140,9 @@ def test_decompression_bomb_is_refused_and_server_stays_up(client: httpx.Client,
 def test_twenty_concurrent_requests(live_server: LiveServer, astronaut_jpeg: bytes) -> None:
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as c:
-            return await asyncio.gather(*(
-                c.post("/predict", files={"file": (f"{i}.jpg", astronaut_jpeg, "image/jpeg")}) for i in range(20)
-            ))
+            return await asyncio.gather(
+                *(c.post("/predict", files={"file": (f"{i}.jpg", astronaut_jpeg, "image/jpeg")}) for i in range(20))
+            )
 
     responses = asyncio.run(run())
     assert [r.status_code for r in responses] == [200] * 20
@@ -202,8 +212,14 @@ def free_port() -> int:
 def test_python_m_server_starts_with_env_and_flags(model_path: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "EMOTION_MODEL_PATH": str(model_path), "EMOTION_DETECTOR": "haar", "EMOTION_PORT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until_ready(proc, port, "server")
         assert httpx.get(f"http://127.0.0.1:{port}/model").json()["detector"] == "haar"

@@ -24,8 +24,9 @@ CHROMIUM = os.environ.get("EMOTION_CHROMIUM") or shutil.which("chromium") or "/u
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 if not Path(CHROMIUM).is_file():
-    pytest.skip(f"Chromium is missing ({CHROMIUM}); install it with `apt-get install -y chromium`",
-                allow_module_level=True)
+    pytest.skip(
+        f"Chromium is missing ({CHROMIUM}); install it with `apt-get install -y chromium`", allow_module_level=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +45,22 @@ def playwright() -> Iterator[object]:
 def browser(playwright, camera_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Chromium with a fresh, empty profile and the clip as its camera."""
     args = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera_clip}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera_clip}",
     ]
     context = playwright.chromium.launch_persistent_context(
-        str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, headless=True, args=args,
+        str(tmp_path_factory.mktemp("profile")),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=args,
         viewport={"width": 1280, "height": 1000},
     )
     try:
@@ -67,8 +78,7 @@ def open_page(context, url: str) -> Iterator[object]:
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.goto(url + "/")
     # Labels come from GET /model.
-    page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')",
-                           timeout=10_000)
+    page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')", timeout=10_000)
     yield page
     page.close()
     assert not problems, problems
@@ -103,12 +113,12 @@ def test_live_page_labels_the_face(page) -> None:
     csv = download_csv(page)
     header = csv.splitlines()[0].split(",")
     assert header[:5] == ["time_s", "timestamp", "frame_id", "face_index", "emotion"]
-    assert [f"p_{label}" for label in labels] == header[-len(labels):]
+    assert [f"p_{label}" for label in labels] == header[-len(labels) :]
     rows = [line.split(",") for line in csv.splitlines()[1:]]
     assert len(rows) >= 2
     for row in rows:
         assert row[4] in labels and row[3] == "0"  # one face, index 0
-        probabilities = [float(p) for p in row[-len(labels):]]
+        probabilities = [float(p) for p in row[-len(labels) :]]
         assert abs(sum(probabilities) - 1) < 0.01 and row[4] == labels[probabilities.index(max(probabilities))]
 
     page.click("#camera-toggle")
@@ -121,8 +131,7 @@ def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
     photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
     page.set_input_files("#image-file", str(photo))
     page.click("#image-form button[type=submit]")
-    page.wait_for_function("document.getElementById('image-status').textContent.includes('found')",
-                           timeout=15_000)
+    page.wait_for_function("document.getElementById('image-status').textContent.includes('found')", timeout=15_000)
     assert page.inner_text("#image-status").startswith("1 face found in a 512×512 image")
     assert page.is_visible("#image-canvas")
     assert page.evaluate("document.getElementById('image-canvas').width") == 512
@@ -142,8 +151,7 @@ def test_video_upload_streams_a_chart(page, live_server, tmp_path: Path) -> None
     writer.release()
     page.set_input_files("#video-file", str(clip))
     page.click("#video-form button[type=submit]")
-    page.wait_for_function("document.getElementById('video-status').textContent.startsWith('Done')",
-                           timeout=30_000)
+    page.wait_for_function("document.getElementById('video-status').textContent.startsWith('Done')", timeout=30_000)
     assert int(page.get_attribute("#video-chart", "data-points")) == 3
     assert page.inner_text("#video-summary").startswith("Dominant emotion")
     assert page.locator("#video-bars .bar").count() >= 7
@@ -172,14 +180,17 @@ def check_overlay_alignment(page) -> None:
     x = layout["w"] - x - w  # mirrored preview
 
     def alpha(px: float, py: float) -> int:
-        return page.evaluate("""([x, y]) => {
+        return page.evaluate(
+            """([x, y]) => {
             const c = document.getElementById('overlay');
             const d = window.devicePixelRatio || 1;
             const p = c.getContext('2d').getImageData(Math.round(x * d) - 1, Math.round(y * d) - 1, 3, 3).data;
             let a = 0;
             for (let i = 3; i < p.length; i += 4) a = Math.max(a, p[i]);
             return a;
-        }""", [px, py])
+        }""",
+            [px, py],
+        )
 
     for px, py in [(x, y + h / 2), (x + w, y + h / 2), (x + w / 2, y + h), (x + w / 2, y)]:
         assert alpha(px, py) > 0, f"no box edge drawn at ({px:.0f}, {py:.0f}) of the overlay"
@@ -201,17 +212,19 @@ def test_busy_server_is_shown_and_the_page_reconnects(browser, model_path) -> No
 
     from server.app import create_app
 
-    with LiveServer(create_app(make_settings(model_path, "haar", ws_max_connections=1))) as server, \
-            open_page(browser, server.url) as page:
+    with (
+        LiveServer(create_app(make_settings(model_path, "haar", ws_max_connections=1))) as server,
+        open_page(browser, server.url) as page,
+    ):
         with connect(server.url.replace("http://", "ws://") + "/ws"):  # takes the only place
             page.click("#camera-toggle")
             page.wait_for_function(
-                "document.getElementById('live-status').textContent.includes('busy')", timeout=10_000)
+                "document.getElementById('live-status').textContent.includes('busy')", timeout=10_000
+            )
             assert "error" in page.get_attribute("#live-status", "class")
             assert page.get_attribute("#current-labels", "data-labels") == ""
         # The place is free again: the page retries by itself and gets results.
-        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''",
-                               timeout=15_000)
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
         page.click("#camera-toggle")
 
 
@@ -219,12 +232,12 @@ def test_camera_denied_is_explained(playwright, live_server, tmp_path: Path) -> 
     # No --use-fake-ui-for-media-stream and no permission granted: getUserMedia is refused.
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--use-fake-device-for-media-stream"]
     context = playwright.chromium.launch_persistent_context(
-        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=args)
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=args
+    )
     try:
         with open_page(context, live_server.url) as page:
             page.click("#camera-toggle")
-            page.wait_for_function(
-                "document.getElementById('live-status').classList.contains('error')", timeout=10_000)
+            page.wait_for_function("document.getElementById('live-status').classList.contains('error')", timeout=10_000)
             assert "denied" in page.inner_text("#live-status")
             assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
             assert page.is_enabled("#camera-toggle")

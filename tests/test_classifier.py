@@ -36,7 +36,7 @@ def test_batched_probabilities(classifier: EmotionClassifier) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs >= 0).all()
     # One batched call gives the same answer as one call per crop.
-    singles = np.concatenate([classifier.infer(crops[i:i + 1]) for i in range(5)])
+    singles = np.concatenate([classifier.infer(crops[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(probs, singles, atol=1e-5)
     assert classifier.infer(crops[:0]).shape == (0, len(classifier.labels))
 

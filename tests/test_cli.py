@@ -41,9 +41,21 @@ def emotion(model_path: Path, *args: str | Path, timeout: float = 120) -> subpro
     """``emotion COMMAND ... --model M --detector haar`` (the same models as the test server)."""
     command, *rest = args
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", str(command), *map(str, rest), "--model", str(model_path),
-         "--detector", "haar"],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            str(command),
+            *map(str, rest),
+            "--model",
+            str(model_path),
+            "--detector",
+            "haar",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -100,8 +112,11 @@ def test_cli_json_matches_the_api(model_path: Path, clip: Path, server: LiveServ
 def test_fractional_every_shows_milliseconds(model_path: Path, clip: Path) -> None:
     result = emotion(model_path, "video", clip, "--every", "7.5")
     assert result.returncode == 0, result.stderr
-    assert [line.split("  ")[0] for line in result.stdout.splitlines()] == ["00:00:00.000", "00:00:07.480",
-                                                                            "00:00:15.000"]
+    assert [line.split("  ")[0] for line in result.stdout.splitlines()] == [
+        "00:00:00.000",
+        "00:00:07.480",
+        "00:00:15.000",
+    ]
 
 
 def test_progress_bar_on_stderr(model_path: Path, clip: Path) -> None:
@@ -173,9 +188,24 @@ def test_serve_starts_the_service(model_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_path),
-         "--detector", "haar", "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(model_path),
+            "--detector",
+            "haar",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         r = wait_until_ready(proc, port, "emotion serve")
@@ -196,8 +226,6 @@ def test_timestamps() -> None:
 def test_console_script_is_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert 'emotion = "server.cli:main"' in text
-    result = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True,
-                            cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
     assert all(cmd in result.stdout for cmd in ("image", "video", "webcam", "serve"))
-

@@ -26,14 +26,17 @@ from server.pipeline import (
 # --- decoding ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("ext", "fmt", "params"), [
-    (".png", "png", []),
-    (".jpg", "jpeg", [cv2.IMWRITE_JPEG_QUALITY, 90]),
-    (".jpg", "jpeg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
-    (".webp", "webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),  # lossy: VP8
-    (".webp", "webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
-    (".bmp", "bmp", []),
-])
+@pytest.mark.parametrize(
+    ("ext", "fmt", "params"),
+    [
+        (".png", "png", []),
+        (".jpg", "jpeg", [cv2.IMWRITE_JPEG_QUALITY, 90]),
+        (".jpg", "jpeg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        (".webp", "webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),  # lossy: VP8
+        (".webp", "webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
+        (".bmp", "bmp", []),
+    ],
+)
 def test_decodes_supported_formats_and_reads_their_size(ext: str, fmt: str, params: list[int]) -> None:
     image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     data = cv2.imencode(ext, image, params)[1].tobytes()
@@ -54,8 +57,16 @@ def png_claiming(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     idat = zlib.compress(b"\x00" * 1000)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(idat))
+        + b"IDAT"
+        + idat
+        + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -124,8 +135,11 @@ def test_crop_comes_from_full_resolution(astronaut_bgr: np.ndarray) -> None:
     x, y, w, h = ASTRONAUT_FACE
     side = max(w, h)
     x0, y0 = x + w // 2 - side // 2, y + h // 2 - side // 2
-    ref = cv2.resize(cv2.cvtColor(astronaut_bgr[y0:y0 + side, x0:x0 + side], cv2.COLOR_BGR2GRAY), (48, 48),
-                     interpolation=cv2.INTER_AREA)
+    ref = cv2.resize(
+        cv2.cvtColor(astronaut_bgr[y0 : y0 + side, x0 : x0 + side], cv2.COLOR_BGR2GRAY),
+        (48, 48),
+        interpolation=cv2.INTER_AREA,
+    )
     assert np.abs(crop.astype(int) - ref.astype(int)).mean() < 2
 
 

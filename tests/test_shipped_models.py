@@ -34,8 +34,9 @@ def test_metadata_records_how_it_was_made_and_measured(shipped: Path) -> None:
 
 
 @pytest.mark.parametrize("detector", ["haar", "yunet"])
-def test_the_astronaut_is_smiling(request: pytest.FixtureRequest, shipped: Path, detector: str,
-                                  astronaut_bgr: np.ndarray) -> None:
+def test_the_astronaut_is_smiling(
+    request: pytest.FixtureRequest, shipped: Path, detector: str, astronaut_bgr: np.ndarray
+) -> None:
     yunet = request.getfixturevalue("yunet_path") if detector == "yunet" else None
     pipeline = EmotionPipeline.from_settings(make_settings(shipped, detector, yunet))
     faces, _ = pipeline.predict(astronaut_bgr)

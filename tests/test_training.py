@@ -51,7 +51,16 @@ pytestmark = [
 ]
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_KEYS = (
-    "labels", "input_size", "channels", "mean", "std", "crop_margin", "dataset", "label_source", "metrics", "version",
+    "labels",
+    "input_size",
+    "channels",
+    "mean",
+    "std",
+    "crop_margin",
+    "dataset",
+    "label_source",
+    "metrics",
+    "version",
     "created",
 )
 TINY = {"epochs": 2, "threads": 1, "batch_size": 16, "widths": (8, 16, 16, 16)}
@@ -117,8 +126,11 @@ def test_fer2013_csv_plain_and_gzip_read_the_same(fer):
 
 def test_ferplus_votes_join_by_row(fer):
     ds = load_fer2013(fer["gz"], fer["ferplus"])
-    assert ds.labels["ferplus"] == FERPLUS_LABELS == ["neutral", "happy", "surprise", "sad", "angry", "disgust",
-                                                      "fear", "contempt"]
+    assert (
+        ds.labels["ferplus"]
+        == FERPLUS_LABELS
+        == ["neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt"]
+    )
     targets, masks, hard = ds.targets["ferplus"], ds.masks["ferplus"], ds.hard_labels("ferplus")
     assert targets.shape == (48, 8) and targets.dtype == np.float32
     for i, (votes, usable, majority) in enumerate(fer["votes"]):
@@ -424,10 +436,20 @@ def _is_png(path: Path) -> bool:
 
 def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer, capsys):
     out = tmp_path / "ferplus"
-    rc = main([
-        "evaluate", str(exported["ferplus"]), "--data", str(fer["gz"]), "--ferplus", str(fer["ferplus"]),
-        "--history", str(trained["out"] / "history.json"), "--out", str(out),
-    ])
+    rc = main(
+        [
+            "evaluate",
+            str(exported["ferplus"]),
+            "--data",
+            str(fer["gz"]),
+            "--ferplus",
+            str(fer["ferplus"]),
+            "--history",
+            str(trained["out"] / "history.json"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "images", "dropped_rows"} <= metrics.keys()
@@ -505,10 +527,33 @@ def test_cli_trains_exports_and_evaluates_an_image_folder(tmp_path, capsys):
         {"train": {"happy": 8, "neutral": 8, "sad": 8}, "val": {"happy": 3, "neutral": 3, "sad": 2}},
     )
     run = tmp_path / "run"
-    assert main([
-        "train", "--source", "folder", "--data", str(tmp_path / "faces"), "--ferplus", "none", "--out", str(run),
-        "--epochs", "1", "--threads", "1", "--batch-size", "16", "--widths", "8", "16", "16", "16",
-    ]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--source",
+                "folder",
+                "--data",
+                str(tmp_path / "faces"),
+                "--ferplus",
+                "none",
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--batch-size",
+                "16",
+                "--widths",
+                "8",
+                "16",
+                "16",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert (run / "best_folder.pt").is_file()
     model = tmp_path / "emotion_folder.onnx"
     assert main(["export", str(run / "best_folder.pt"), str(model), "--no-tta", "--margin", "0.2"]) == 0
@@ -518,8 +563,21 @@ def test_cli_trains_exports_and_evaluates_an_image_folder(tmp_path, capsys):
     # The history beside the checkpoint becomes the file's PublicTest metric.
     best = json.loads((run / "history.json").read_text())["best"]["folder"]["accuracy"]
     assert json.loads(spec.metadata["metrics"]) == {"PublicTest": {"accuracy": round(best, 4)}}
-    assert main(["evaluate", str(model), "--source", "folder", "--data", str(tmp_path / "faces"),
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(model),
+                "--source",
+                "folder",
+                "--data",
+                str(tmp_path / "faces"),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     _assert_consistent(metrics, ["happy", "neutral", "sad"], np.array([0] * 3 + [1] * 3 + [2] * 2))
     assert not (tmp_path / "eval" / "learning_curves.png").exists()  # only with --history

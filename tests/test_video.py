@@ -22,8 +22,12 @@ from server.video import FrameSampler, VideoSummarizer
 
 # The astronaut photo (512x512) letterboxed into 640x480: scale 480/512, 80 px bars left and right.
 SCALE = 480 / 512
-FACE_IN_FRAME = (80 + ASTRONAUT_FACE[0] * SCALE, ASTRONAUT_FACE[1] * SCALE,
-                 ASTRONAUT_FACE[2] * SCALE, ASTRONAUT_FACE[3] * SCALE)
+FACE_IN_FRAME = (
+    80 + ASTRONAUT_FACE[0] * SCALE,
+    ASTRONAUT_FACE[1] * SCALE,
+    ASTRONAUT_FACE[2] * SCALE,
+    ASTRONAUT_FACE[3] * SCALE,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,12 @@ def server(model_path: Path, upload_dir: Path) -> Iterator[LiveServer]:
 
 def post_video(server: LiveServer, path: Path, **params: object) -> httpx.Response:
     with open(path, "rb") as f:
-        return httpx.post(f"{server.url}/predict/video", params=params,
-                          files={"file": (path.name, f, "application/octet-stream")}, timeout=120)
+        return httpx.post(
+            f"{server.url}/predict/video",
+            params=params,
+            files={"file": (path.name, f, "application/octet-stream")},
+            timeout=120,
+        )
 
 
 def wait_empty(directory: Path, timeout: float = 15.0) -> list[Path]:
@@ -67,8 +75,9 @@ def wait_empty(directory: Path, timeout: float = 15.0) -> list[Path]:
 def numbered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """12 s at 25 fps whose frames show their own number, in three codecs."""
     d = tmp_path_factory.mktemp("numbered")
-    return {s: write_video(d / f"numbered{s}", (numbered_frame(i) for i in range(300))) for s in (".avi", ".mp4",
-                                                                                                   ".webm")}
+    return {
+        s: write_video(d / f"numbered{s}", (numbered_frame(i) for i in range(300))) for s in (".avi", ".mp4", ".webm")
+    }
 
 
 @pytest.mark.parametrize("suffix", [".avi", ".mp4", ".webm"])
@@ -132,8 +141,15 @@ def test_analysis_decodes_ahead_and_stops_cleanly(numbered: dict[str, Path], haa
 
 def face(emotion: str, labels: tuple[str, ...] = ("neutral", "happy", "sad")) -> Face:
     probabilities = {label: (0.8 if label == emotion else 0.2 / (len(labels) - 1)) for label in labels}
-    return Face(box=Box(x=0, y=0, w=10, h=10), detection_score=0.9, emotion=emotion, confidence=0.8,
-                probabilities=probabilities, valence=0.0, arousal=0.0)
+    return Face(
+        box=Box(x=0, y=0, w=10, h=10),
+        detection_score=0.9,
+        emotion=emotion,
+        confidence=0.8,
+        probabilities=probabilities,
+        valence=0.0,
+        arousal=0.0,
+    )
 
 
 def test_summary_counts_the_largest_face_per_frame() -> None:
@@ -162,13 +178,13 @@ def test_summary_without_faces_and_ties() -> None:
 
 
 @pytest.mark.parametrize("suffix", [".avi", ".mp4"])
-def test_json_has_faces_in_the_first_half_only(server: LiveServer, clips: dict[str, Path], upload_dir: Path,
-                                               suffix: str) -> None:
+def test_json_has_faces_in_the_first_half_only(
+    server: LiveServer, clips: dict[str, Path], upload_dir: Path, suffix: str
+) -> None:
     r = post_video(server, clips[suffix])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["duration"], body["fps"], body["every"], body["width"], body["height"]) == (20.0, 25.0, 1.0, 640,
-                                                                                           480)
+    assert (body["duration"], body["fps"], body["every"], body["width"], body["height"]) == (20.0, 25.0, 1.0, 640, 480)
     frames = body["frames"]
     assert len(frames) in (20, 21)
     assert [f["t"] for f in frames] == pytest.approx(list(range(len(frames))))
@@ -189,8 +205,13 @@ def test_json_has_faces_in_the_first_half_only(server: LiveServer, clips: dict[s
 
 
 def test_every_and_raw_body(server: LiveServer, clips: dict[str, Path], upload_dir: Path) -> None:
-    r = httpx.post(f"{server.url}/predict/video", params={"every": 2.5}, content=clips[".mp4"].read_bytes(),
-                   headers={"Content-Type": "video/mp4"}, timeout=120)
+    r = httpx.post(
+        f"{server.url}/predict/video",
+        params={"every": 2.5},
+        content=clips[".mp4"].read_bytes(),
+        headers={"Content-Type": "video/mp4"},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     assert [f["t"] for f in r.json()["frames"]] == pytest.approx([0, 2.48, 5, 7.48, 10, 12.48, 15, 17.48])
     for params in ({"every": 0}, {"every": 601}, {"every": "x"}, {"format": "xml"}):
@@ -201,10 +222,16 @@ def test_every_and_raw_body(server: LiveServer, clips: dict[str, Path], upload_d
 
 
 def test_ndjson_streams_lines_while_analysing(server: LiveServer, clips: dict[str, Path], upload_dir: Path) -> None:
-    with open(clips[".avi"], "rb") as f, httpx.stream(
-        "POST", f"{server.url}/predict/video", params={"format": "ndjson", "every": 0.25},
-        files={"file": ("clip.avi", f, "video/x-msvideo")}, timeout=120,
-    ) as r:
+    with (
+        open(clips[".avi"], "rb") as f,
+        httpx.stream(
+            "POST",
+            f"{server.url}/predict/video",
+            params={"format": "ndjson", "every": 0.25},
+            files={"file": ("clip.avi", f, "video/x-msvideo")},
+            timeout=120,
+        ) as r,
+    ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-ndjson")
         lines = r.iter_lines()
@@ -222,12 +249,19 @@ def test_ndjson_streams_lines_while_analysing(server: LiveServer, clips: dict[st
     assert list(upload_dir.iterdir()) == []
 
 
-def test_ndjson_client_disconnect_deletes_the_upload(server: LiveServer, clips: dict[str, Path],
-                                                     upload_dir: Path) -> None:
-    with open(clips[".mp4"], "rb") as f, httpx.stream(
-        "POST", f"{server.url}/predict/video", params={"format": "ndjson", "every": 0.1},
-        files={"file": ("clip.mp4", f, "video/mp4")}, timeout=120,
-    ) as r:
+def test_ndjson_client_disconnect_deletes_the_upload(
+    server: LiveServer, clips: dict[str, Path], upload_dir: Path
+) -> None:
+    with (
+        open(clips[".mp4"], "rb") as f,
+        httpx.stream(
+            "POST",
+            f"{server.url}/predict/video",
+            params={"format": "ndjson", "every": 0.1},
+            files={"file": ("clip.mp4", f, "video/mp4")},
+            timeout=120,
+        ) as r,
+    ):
         assert r.status_code == 200
         # Keep the line iterator: dropping it would close the connection already (httpx closes a response whose
         # byte stream is abandoned).
@@ -240,16 +274,19 @@ def test_ndjson_client_disconnect_deletes_the_upload(server: LiveServer, clips: 
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
-def test_client_gone_during_upload_deletes_the_partial_file(server: LiveServer, upload_dir: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_client_gone_during_upload_deletes_the_partial_file(
+    server: LiveServer, upload_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import logging
     import socket
 
     caplog.set_level(logging.INFO, logger="server")
 
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /predict/video HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
-                     b"Content-Length: 5000000\r\n\r\n" + b"\0" * 200_000)
+        sock.sendall(
+            b"POST /predict/video HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+            b"Content-Length: 5000000\r\n\r\n" + b"\0" * 200_000
+        )
         deadline = time.monotonic() + 10
         while not list(upload_dir.iterdir()) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -262,8 +299,9 @@ def test_client_gone_during_upload_deletes_the_partial_file(server: LiveServer, 
 
 
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory: pytest.TempPathFactory, clips: dict[str, Path], astronaut_jpeg: bytes
-              ) -> dict[str, Path]:
+def bad_files(
+    tmp_path_factory: pytest.TempPathFactory, clips: dict[str, Path], astronaut_jpeg: bytes
+) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad")
     (d / "random.mp4").write_bytes(np.random.default_rng(0).bytes(200_000))
     (d / "notes.txt").write_text("not a video\n" * 100)
@@ -279,24 +317,29 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, clips: dict[str, Path], 
     }
 
 
-@pytest.mark.parametrize(("name", "status", "words"), [
-    ("random", 415, "could not open"),
-    ("half_mp4", 415, "could not open"),  # the index (moov) is at the end of an MP4: cut, it cannot be opened
-    ("half_avi", 422, "truncated"),  # an AVI reads up to the cut: refused once frames stop before its header's end
-    ("text", 415, "text"),
-    ("image", 415, "still image"),
-    ("empty", 400, "empty"),
-])
-def test_bad_files_get_a_4xx_that_says_why(server: LiveServer, bad_files: dict[str, Path], upload_dir: Path,
-                                           name: str, status: int, words: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "status", "words"),
+    [
+        ("random", 415, "could not open"),
+        ("half_mp4", 415, "could not open"),  # the index (moov) is at the end of an MP4: cut, it cannot be opened
+        ("half_avi", 422, "truncated"),  # an AVI reads up to the cut: refused once frames stop before its header's end
+        ("text", 415, "text"),
+        ("image", 415, "still image"),
+        ("empty", 400, "empty"),
+    ],
+)
+def test_bad_files_get_a_4xx_that_says_why(
+    server: LiveServer, bad_files: dict[str, Path], upload_dir: Path, name: str, status: int, words: str
+) -> None:
     r = post_video(server, bad_files[name])
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
     assert wait_empty(upload_dir, timeout=0.5) == []
 
 
-def test_truncated_video_in_ndjson_ends_with_an_error_line(server: LiveServer, bad_files: dict[str, Path],
-                                                           upload_dir: Path) -> None:
+def test_truncated_video_in_ndjson_ends_with_an_error_line(
+    server: LiveServer, bad_files: dict[str, Path], upload_dir: Path
+) -> None:
     r = post_video(server, bad_files["half_avi"], format="ndjson")
     assert r.status_code == 200  # sent before the cut was reached
     lines = [json.loads(line) for line in r.text.splitlines()]
@@ -322,8 +365,7 @@ def strict(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from server.app import create_app
 
     uploads = tmp_path_factory.mktemp("strict_uploads")
-    settings = make_settings(model_path, "haar", video_temp_dir=uploads, max_video_bytes=300_000,
-                             max_video_seconds=5)
+    settings = make_settings(model_path, "haar", video_temp_dir=uploads, max_video_bytes=300_000, max_video_seconds=5)
     with LiveServer(create_app(settings)) as live:
         yield live, uploads
 
@@ -362,8 +404,9 @@ def test_openapi_documents_the_route(server: LiveServer) -> None:
     assert {p["name"] for p in op["parameters"]} == {"every", "format"}
 
 
-def test_frames_match_the_pipeline_on_the_same_frames(server: LiveServer, clips: dict[str, Path],
-                                                      haar_pipeline: object) -> None:
+def test_frames_match_the_pipeline_on_the_same_frames(
+    server: LiveServer, clips: dict[str, Path], haar_pipeline: object
+) -> None:
     # The route adds nothing to the pipeline: its answer for t is the pipeline's answer for that frame.
     body = post_video(server, clips[".mp4"]).json()
     cap = cv2.VideoCapture(str(clips[".mp4"]))

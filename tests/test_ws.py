@@ -25,8 +25,7 @@ MAX_CONNECTIONS = 3
 def server(model_path) -> Iterator[LiveServer]:
     from server.app import create_app
 
-    settings = make_settings(model_path, "haar", ws_max_frame_bytes=MAX_FRAME_BYTES,
-                             ws_max_connections=MAX_CONNECTIONS)
+    settings = make_settings(model_path, "haar", ws_max_frame_bytes=MAX_FRAME_BYTES, ws_max_connections=MAX_CONNECTIONS)
     with LiveServer(create_app(settings)) as live:
         yield live
 
@@ -76,8 +75,9 @@ def test_astronaut_frames_get_faces(server: LiveServer, frame_jpeg: bytes) -> No
 
 
 def test_webp_frame(server: LiveServer) -> None:
-    ok, webp = cv2.imencode(".webp", cv2.cvtColor(astronaut_frame(640, 480), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_WEBP_QUALITY, 80])
+    ok, webp = cv2.imencode(
+        ".webp", cv2.cvtColor(astronaut_frame(640, 480), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, 80]
+    )
     assert ok
     with connect(ws_url(server)) as ws:
         ws.send(webp.tobytes())
@@ -85,9 +85,7 @@ def test_webp_frame(server: LiveServer) -> None:
         assert result["type"] == "result" and len(result["faces"]) == 1
 
 
-def test_garbage_and_empty_frames_get_errors_and_connection_stays_usable(
-    server: LiveServer, frame_jpeg: bytes
-) -> None:
+def test_garbage_and_empty_frames_get_errors_and_connection_stays_usable(server: LiveServer, frame_jpeg: bytes) -> None:
     with connect(ws_url(server)) as ws:
         ws.send(b"this is not an image at all")
         error = receive(ws)
@@ -143,8 +141,10 @@ def test_max_faces_limits_faces(model_path, yunet_path) -> None:
 
     photo = astronaut_frame(480, 480)
     pair = np.concatenate([photo, photo], axis=1)
-    with LiveServer(create_app(make_settings(model_path, "yunet", yunet_path))) as server, \
-            connect(ws_url(server)) as ws:
+    with (
+        LiveServer(create_app(make_settings(model_path, "yunet", yunet_path))) as server,
+        connect(ws_url(server)) as ws,
+    ):
         ws.send(jpeg(pair))
         both = receive(ws)
         assert len(both["faces"]) == 2

@@ -14,8 +14,18 @@ import cv2
 import numpy as np
 
 FERPLUS_HEADER = [
-    "Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
-    "unknown", "NF",
+    "Usage",
+    "Image name",
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
 ]
 # Vote rows (8 emotions, unknown, NF) cycled over the images, with what the loader must make of each:
 # (votes, usable, majority label index or -1 for a tie / no label).

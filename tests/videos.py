@@ -35,8 +35,14 @@ def faceless_frame(width: int = 640, height: int = 480) -> np.ndarray:
     return cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), (width, height), interpolation=cv2.INTER_AREA)
 
 
-def face_then_no_face(path: Path, face_seconds: float = 10, empty_seconds: float = 10, fps: float = 25.0,
-                      width: int = 640, height: int = 480) -> Path:
+def face_then_no_face(
+    path: Path,
+    face_seconds: float = 10,
+    empty_seconds: float = 10,
+    fps: float = 25.0,
+    width: int = 640,
+    height: int = 480,
+) -> Path:
     """The astronaut photo for ``face_seconds``, then the coffee cup for ``empty_seconds``."""
     face = cv2.cvtColor(astronaut_frame(width, height), cv2.COLOR_RGB2BGR)
     empty = faceless_frame(width, height)
@@ -50,9 +56,9 @@ def numbered_frame(i: int, width: int = 160, height: int = 120) -> np.ndarray:
     cell = width // 10
     for bit in range(10):
         if i >> bit & 1:
-            frame[:cell, bit * cell:(bit + 1) * cell] = 255
+            frame[:cell, bit * cell : (bit + 1) * cell] = 255
         else:
-            frame[:cell, bit * cell:(bit + 1) * cell] = 0
+            frame[:cell, bit * cell : (bit + 1) * cell] = 0
     return frame
 
 
@@ -60,7 +66,7 @@ def frame_number(image: np.ndarray) -> int:
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     cell = gray.shape[1] // 10
     q = cell // 4
-    return sum(1 << bit for bit in range(10) if gray[q:cell - q, bit * cell + q:(bit + 1) * cell - q].mean() > 128)
+    return sum(1 << bit for bit in range(10) if gray[q : cell - q, bit * cell + q : (bit + 1) * cell - q].mean() > 128)
 
 
 def truncate(path: Path, out: Path, fraction: float = 0.5) -> Path:

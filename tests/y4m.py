@@ -22,7 +22,7 @@ def astronaut_frame(width: int = 640, height: int = 480) -> np.ndarray:
     w, h = round(photo.shape[1] * scale), round(photo.shape[0] * scale)
     frame = np.full((height, width, 3), 96, np.uint8)
     x, y = (width - w) // 2, (height - h) // 2
-    frame[y:y + h, x:x + w] = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+    frame[y : y + h, x : x + w] = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
     return frame
 
 

@@ -20,6 +20,8 @@ HELP = {
     "class_weight_power": "loss weight per class = frequency^-power (0: none, 1: fully balanced)",
     "widths": "channels per backbone stage (each stage halves the resolution)",
     "convs_per_stage": "3x3 convolutions per stage",
+    "dropout": "dropout before the heads",
+    "erase_prob": "share of training images that get a random grey rectangle (random erasing)",
     "threads": "torch CPU threads (0: torch's default)",
     "init": "start from the weights of this checkpoint (e.g. runs/joint/last.pt) with a fresh schedule",
     "limit": "use only the first N training images (smoke tests)",

@@ -155,8 +155,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="PublicTest", help="Training, PublicTest or PrivateTest (default PublicTest)")
     p.add_argument("--history", default=None, help="history.json from training, for learning_curves.png")
     p.add_argument("--out", default=None, help="output folder (default: beside the model)")
-    p.add_argument("--record", action="store_true",
-                   help="write the split's accuracy and macro-F1 into the model's `metrics` metadata")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the split's accuracy and macro-F1 into the model's `metrics` metadata",
+    )
     p.set_defaults(func=run)
 
 

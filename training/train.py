@@ -37,6 +37,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
     dropout: float = 0.3
+    erase_prob: float = 0.5  # share of training images that get a random grey rectangle
     seed: int = 0
     threads: int = 0  # 0: torch's default
     limit: int = 0  # use only the first N training images (smoke tests)
@@ -52,7 +53,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def augment(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, size: int, generator: torch.Generator, erase_prob: float = 0.5) -> torch.Tensor:
     """Random flip, rotation, scale and shift in one affine resample to `size`, then random erasing."""
     n = x.shape[0]
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(15)
@@ -65,8 +66,8 @@ def augment(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Ten
     )
     grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    # Random erasing: a grey rectangle on half the images, so no single facial region is relied on.
-    erase = torch.rand(n, generator=generator) < 0.5
+    # Random erasing: a grey rectangle on some images, so no single facial region is relied on.
+    erase = torch.rand(n, generator=generator) < erase_prob
     for i in torch.nonzero(erase).flatten().tolist():
         h, w = (torch.randint(size // 5, size // 2, (2,), generator=generator)).tolist()
         y, x0 = (
@@ -171,7 +172,8 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = torch.from_numpy(ds.images[idx]).float().div_(255).unsqueeze(1)
-            x = ((augment(x, cfg.input_size, gen) - cfg.mean) / cfg.std).contiguous(memory_format=torch.channels_last)
+            x = augment(x, cfg.input_size, gen, cfg.erase_prob)
+            x = ((x - cfg.mean) / cfg.std).contiguous(memory_format=torch.channels_last)
             logits = net(x)
             loss = torch.zeros(())
             for h in heads:

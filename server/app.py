@@ -30,15 +30,16 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from server import live
 from server.config import Settings, get_settings, resolve_path
 from server.pipeline import EmotionPipeline, InputError, decode_image
 from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse, VideoResponse
+from server.uploads import receive_upload
 from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_lines, receive_video
 
 log = logging.getLogger("server")
@@ -181,101 +182,13 @@ class Upload:
 async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", field: str = "file") -> Upload:
     """The uploaded file from a multipart field ``field`` or a raw ``kind/*`` body, in memory, at most ``max_bytes``.
 
-    Raises ``InputError``: 413 over the limit (checked on Content-Length first, then while streaming), 415 for
-    another content type, 400 for an empty body or broken multipart, 422 for a form without ``field``.
+    Raises ``InputError`` (see ``server.uploads.receive_upload``): 413, 415, 400 or 422 with a message.
     """
-    content_type = request.headers.get("content-type", "")
-    mime, options = parse_options_header(content_type)
-    mime_str = mime.decode("latin-1").lower()
-    declared = request.headers.get("content-length")
-    overhead = 64 * 1024 if mime_str == "multipart/form-data" else 0  # boundaries and part headers
-    if declared and declared.isdigit() and int(declared) > max_bytes + overhead:
-        raise InputError(413, f"upload is {declared} bytes, over the limit of {max_bytes} bytes")
-
-    if mime_str == "multipart/form-data":
-        return await _read_multipart(request, options.get(b"boundary"), max_bytes, kind, field)
-    if not mime_str.startswith(f"{kind}/"):
-        shown = mime_str or "none"
-        raise InputError(
-            415,
-            f"unsupported content type {shown!r}: send a multipart form with a {field!r} field "
-            f"or a raw body with Content-Type {kind}/*",
-        )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise InputError(413, f"upload is over the limit of {max_bytes} bytes")
-    if not body:
-        raise InputError(400, f"empty body: no {kind} data was sent")
-    return Upload(bytes(body), mime_str)
-
-
-async def _read_multipart(request: Request, boundary: bytes | None, max_bytes: int, kind: str, field: str) -> Upload:
-    if not boundary:
-        raise InputError(400, "multipart body without a boundary in its Content-Type")
-    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b""}
-    found: dict[str, Any] = {}
-    chunks: list[bytes] = []
-    size = 0
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["field"].decode("latin-1").lower()] = state["value"]
-        state["field"], state["value"] = b"", b""
-
-    def on_headers_finished() -> None:
-        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
-        state["current"] = disp.get(b"name", b"").decode("utf-8", "replace")
-        if state["current"] == field and "type" not in found:
-            part_type = parse_options_header(state["headers"].get("content-type", b""))[0].decode("latin-1").lower()
-            found["type"] = part_type
-            found["filename"] = disp.get(b"filename", b"").decode("utf-8", "replace") or None
-            # Browsers and curl label unknown files application/octet-stream; the bytes decide then.
-            if part_type and not part_type.startswith(f"{kind}/") and part_type != "application/octet-stream":
-                raise InputError(415, f"field {field!r} has content type {part_type!r}, expected {kind}/*")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        nonlocal size
-        if state.get("current") == field and not found.get("done"):
-            size += end - start
-            if size > max_bytes:
-                raise InputError(413, f"upload is over the limit of {max_bytes} bytes")
-            chunks.append(data[start:end])
-
-    def on_part_end() -> None:
-        if state.get("current") == field and "type" in found:
-            found["done"] = True
-        state["headers"], state["current"] = {}, None
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
+    info = await receive_upload(
+        request.headers, request.stream(), body.extend, max_bytes=max_bytes, kind=kind, field=field
     )
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise InputError(400, f"malformed multipart body: {exc}") from exc
-    if "type" not in found:
-        raise InputError(422, f"multipart form has no {field!r} field: send the {kind} as {field}=@<path>")
-    data = b"".join(chunks)
-    if not data:
-        raise InputError(400, f"field {field!r} is empty: no {kind} data was sent")
-    return Upload(data, found["type"] or "application/octet-stream", found.get("filename"))
+    return Upload(bytes(body), info.content_type, info.filename)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -543,8 +456,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Mounted last: a mount at "/" matches every path, so routes added after it would never be reached.
     if web_dir.is_dir():
-        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+        api = {r.path: set(r.methods) for r in [*router.routes, *app.routes] if isinstance(r, Route) and r.methods}
+        app.mount("/", WebFiles(api, directory=web_dir, html=True), name="web")
     return app
+
+
+class WebFiles(StaticFiles):
+    """The page's files. An API path asked with another method gets 405 and an Allow header, not the 404 the
+    mount at "/" would otherwise answer (Starlette hands a method mismatch on to the next matching route)."""
+
+    def __init__(self, api_methods: dict[str, set[str]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.api_methods = api_methods
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        allowed = self.api_methods.get(scope["path"]) if scope["type"] == "http" else None
+        if allowed and scope["method"] not in allowed:
+            methods = ", ".join(sorted(allowed))
+            detail = f"method {scope['method']} is not allowed on {scope['path']}: use {methods}"
+            await JSONResponse({"detail": detail}, status_code=405, headers={"Allow": methods})(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 app = create_app()

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
 from server.pipeline import InputError
 from server.schemas import VideoFrame, VideoResponse, VideoStreamEnd, VideoStreamError, VideoSummary
+from server.uploads import receive_upload
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -481,102 +481,19 @@ async def receive_video(
     (random name, mode 0600, in ``temp_dir``) is removed here on any error. ``InputError``: 413 past ``max_bytes``
     (on Content-Length, then while streaming), 415 for another content type, 400/422 for a broken or empty form.
     """
-    mime, options = parse_options_header(headers.get("content-type", ""))
-    mime_str = mime.decode("latin-1").lower()
-    multipart = mime_str == "multipart/form-data"
-    declared = headers.get("content-length", "")
-    overhead = 64 * 1024 if multipart else 0  # boundaries and part headers
-    if declared.isdigit() and int(declared) > max_bytes + overhead:
-        raise InputError(413, f"upload is {declared} bytes, over the video limit of {max_bytes} bytes")
-    if not multipart and not (mime_str.startswith("video/") or mime_str == "application/octet-stream"):
-        raise InputError(
-            415,
-            f"unsupported content type {mime_str or 'none'!r}: send a multipart form with a "
-            f"{field!r} field or a raw body with Content-Type video/*",
-        )
     if temp_dir is not None:
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="emotion-video-", dir=temp_dir)  # O_EXCL, mode 0600
     path = Path(name)
-    size = 0
-
-    def write(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > max_bytes:
-            raise InputError(413, f"upload is over the video limit of {max_bytes} bytes")
-        out.write(data)
-
     try:
         with os.fdopen(fd, "wb") as out:
-            if multipart:
-                await _receive_multipart(options.get(b"boundary"), chunks, write, field)
-            else:
-                async for chunk in chunks:
-                    write(chunk)
-        if size == 0:
-            raise InputError(400, "empty upload: no video data was sent")
+            await receive_upload(
+                headers, chunks, out.write, max_bytes=max_bytes, kind="video", field=field, raw_octet_stream=True
+            )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return path
-
-
-async def _receive_multipart(
-    boundary: bytes | None, chunks: AsyncIterable[bytes], write: Callable[[bytes], None], field: str
-) -> None:
-    if not boundary:
-        raise InputError(400, "multipart body without a boundary in its Content-Type")
-    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "found": False, "done": False}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["name"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["name"].decode("latin-1").lower()] = state["value"]
-        state["name"], state["value"] = b"", b""
-
-    def on_headers_finished() -> None:
-        _, disposition = parse_options_header(state["headers"].get("content-disposition", b""))
-        state["current"] = disposition.get(b"name", b"").decode("utf-8", "replace")
-        if state["current"] == field and not state["found"]:
-            state["found"] = True
-            part_type = parse_options_header(state["headers"].get("content-type", b""))[0].decode("latin-1").lower()
-            # curl and browsers label unknown files application/octet-stream; the bytes decide then.
-            if part_type and not part_type.startswith("video/") and part_type != "application/octet-stream":
-                raise InputError(415, f"field {field!r} has content type {part_type!r}, expected video/*")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["current"] == field and not state["done"]:
-            write(data[start:end])
-
-    def on_part_end() -> None:
-        if state["current"] == field:
-            state["done"] = True
-        state["headers"], state["current"] = {}, None
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
-    try:
-        async for chunk in chunks:
-            parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise InputError(400, f"malformed multipart body: {exc}") from exc
-    if not state["found"]:
-        raise InputError(422, f"multipart form has no {field!r} field: send the video as {field}=@<path>")
 
 
 def discard(

@@ -185,6 +185,20 @@ def test_index_page_and_docs(client: httpx.Client) -> None:
     assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
 
 
+def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Client) -> None:
+    for method, path, allowed in [
+        ("GET", "/predict", "POST"),
+        ("GET", "/predict/video", "POST"),
+        ("PUT", "/model", "GET"),
+    ]:
+        r = client.request(method, path)
+        assert r.status_code == 405, (method, path, r.status_code)
+        assert r.headers["allow"] == allowed
+        assert f"use {allowed}" in r.json()["detail"]
+    assert client.get("/no-such-page").status_code == 404
+    assert client.get("/app.js").status_code == 200  # the page's files are still served from the same mount
+
+
 def test_placeholder_page_without_web_dir(model_path: Path, tmp_path: Path) -> None:
     with LiveServer(create_app(make_settings(model_path, "haar", web_dir=tmp_path / "no-web"))) as server:
         r = httpx.get(server.url + "/")

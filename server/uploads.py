@@ -1,0 +1,136 @@
+"""Reading an uploaded file from a request body, streamed: a multipart form field or a raw body.
+
+One reader for images (collected in memory) and videos (written to a temporary file): the caller passes a
+``write`` callback and this module enforces the content type, the byte limit and the form's shape. No FastAPI here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+
+from server.pipeline import InputError
+
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the byte limit
+OCTET_STREAM = "application/octet-stream"  # what curl and browsers send for files they cannot name
+
+
+@dataclass
+class UploadInfo:
+    content_type: str  # the part's or body's media type
+    filename: str | None
+    size: int
+
+
+async def receive_upload(
+    headers: Mapping[str, str],
+    chunks: AsyncIterable[bytes],
+    write: Callable[[bytes], None],
+    *,
+    max_bytes: int,
+    kind: str,
+    field: str = "file",
+    raw_octet_stream: bool = False,
+) -> UploadInfo:
+    """Stream the uploaded ``kind`` (``image`` or ``video``) into ``write``, chunk by chunk.
+
+    The body is a multipart form with ``field`` or a raw ``kind/*`` body (also ``application/octet-stream`` if
+    ``raw_octet_stream``). ``InputError``: 413 past ``max_bytes`` (checked on Content-Length first, then while
+    streaming), 415 for another content type, 400 for an empty body or a broken form, 422 for a form without
+    ``field``.
+    """
+    mime, options = parse_options_header(headers.get("content-type", ""))
+    mime_str = mime.decode("latin-1").lower()
+    multipart = mime_str == "multipart/form-data"
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + (MULTIPART_OVERHEAD if multipart else 0):
+        raise InputError(413, f"upload is {declared} bytes, over the {kind} limit of {max_bytes} bytes")
+    if not multipart and not (mime_str.startswith(f"{kind}/") or (raw_octet_stream and mime_str == OCTET_STREAM)):
+        raise InputError(
+            415,
+            f"unsupported content type {mime_str or 'none'!r}: send a multipart form with a {field!r} field "
+            f"or a raw body with Content-Type {kind}/*",
+        )
+    size = 0
+
+    def limited_write(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > max_bytes:
+            raise InputError(413, f"upload is over the {kind} limit of {max_bytes} bytes")
+        write(data)
+
+    if multipart:
+        content_type, filename = await _read_field(options.get(b"boundary"), chunks, limited_write, kind, field)
+        if size == 0:
+            raise InputError(400, f"field {field!r} is empty: no {kind} data was sent")
+        return UploadInfo(content_type, filename, size)
+    async for chunk in chunks:
+        limited_write(chunk)
+    if size == 0:
+        raise InputError(400, f"empty body: no {kind} data was sent")
+    return UploadInfo(mime_str, None, size)
+
+
+async def _read_field(
+    boundary: bytes | None, chunks: AsyncIterable[bytes], write: Callable[[bytes], None], kind: str, field: str
+) -> tuple[str, str | None]:
+    """Write the first part named ``field`` of a multipart body; returns its content type and filename."""
+    if not boundary:
+        raise InputError(400, "multipart body without a boundary in its Content-Type")
+    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "done": False}
+    found: dict[str, Any] = {}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["name"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["name"].decode("latin-1").lower()] = state["value"]
+        state["name"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(state["headers"].get("content-disposition", b""))
+        state["current"] = disposition.get(b"name", b"").decode("utf-8", "replace")
+        if state["current"] == field and not found:
+            part_type = parse_options_header(state["headers"].get("content-type", b""))[0].decode("latin-1").lower()
+            found["type"] = part_type or OCTET_STREAM
+            found["filename"] = disposition.get(b"filename", b"").decode("utf-8", "replace") or None
+            # An unlabelled file (octet-stream) is let through: the bytes decide then.
+            if part_type and not part_type.startswith(f"{kind}/") and part_type != OCTET_STREAM:
+                raise InputError(415, f"field {field!r} has content type {part_type!r}, expected {kind}/*")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["current"] == field and not state["done"]:
+            write(data[start:end])
+
+    def on_part_end() -> None:
+        if state["current"] == field:
+            state["done"] = True
+        state["headers"], state["current"] = {}, None
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for chunk in chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InputError(400, f"malformed multipart body: {exc}") from exc
+    if not found:
+        raise InputError(422, f"multipart form has no {field!r} field: send the {kind} as {field}=@<path>")
+    return found["type"], found["filename"]

@@ -110,13 +110,19 @@ def plot_confusion(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_learning_curves(history: dict, path: Path) -> None:
+def plot_learning_curves(histories: list[dict], path: Path) -> None:
+    """Loss and PublicTest accuracy per epoch. Several histories (a run, then fine-tunes started from its weights
+    with `--init`) are drawn one after the other, a dashed line where each new schedule starts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = history["history"]
+    rows, starts, offset = [], [], 0
+    for history in histories:
+        starts.append(offset)
+        rows += [dict(r, epoch=offset + r["epoch"]) for r in history["history"]]
+        offset = rows[-1]["epoch"] if rows else offset
     epochs = [r["epoch"] for r in rows]
     heads = sorted({k[: -len("_val_acc")] for r in rows for k in r if k.endswith("_val_acc")})
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -124,12 +130,12 @@ def plot_learning_curves(history: dict, path: Path) -> None:
     for h in heads:
         a.plot(epochs, [r[f"{h}_val_loss"] for r in rows], label=f"{h} PublicTest loss")
         b.plot(epochs, [r[f"{h}_val_acc"] for r in rows], marker="o", ms=3, label=f"{h} PublicTest accuracy")
-    a.set_xlabel("epoch")
-    a.legend()
-    a.grid(alpha=0.3)
-    b.set_xlabel("epoch")
-    b.legend()
-    b.grid(alpha=0.3)
+    for ax in (a, b):
+        for start in starts[1:]:
+            ax.axvline(start + 0.5, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("epoch" + (" (dashed: a new schedule from the previous weights)" if len(starts) > 1 else ""))
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -153,7 +159,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="FER+ votes, needed for a FER+ model"
     )
     p.add_argument("--split", default="PublicTest", help="Training, PublicTest or PrivateTest (default PublicTest)")
-    p.add_argument("--history", default=None, help="history.json from training, for learning_curves.png")
+    p.add_argument(
+        "--history",
+        nargs="+",
+        default=None,
+        help="history.json from training, for learning_curves.png; several (a run, then its --init fine-tunes) "
+        "are drawn one after the other",
+    )
     p.add_argument("--out", default=None, help="output folder (default: beside the model)")
     p.add_argument(
         "--record",
@@ -172,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     plot_confusion(report, out / "confusion_matrix.png")
     if args.history:
-        plot_learning_curves(json.loads(Path(args.history).read_text()), out / "learning_curves.png")
+        plot_learning_curves([json.loads(Path(h).read_text()) for h in args.history], out / "learning_curves.png")
     if args.record:
         import onnx
 

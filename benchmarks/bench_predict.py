@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import shipped_or_generated_model  # noqa: E402
+from _common import find_yunet, shipped_or_generated_model  # noqa: E402
 
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
@@ -105,16 +105,6 @@ def bench_http(settings: Settings, jpeg: bytes, iterations: int) -> None:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
-
-
-def find_yunet(arg: str | None) -> Path | None:
-    candidates = [
-        arg,
-        os.environ.get("EMOTION_YUNET_PATH"),
-        ROOT / "models/face_detection_yunet_2023mar.onnx",
-        ROOT.parent / "shared/models/face_detection_yunet_2023mar.onnx",
-    ]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
 def main() -> None:

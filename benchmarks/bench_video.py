@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import shipped_or_generated_model  # noqa: E402
+from _common import find_yunet, shipped_or_generated_model  # noqa: E402
 
 from server.config import Settings  # noqa: E402
 from server.pipeline import EmotionPipeline  # noqa: E402
@@ -59,16 +59,6 @@ def timed(fn) -> tuple[float, float, object]:
 
 def report(name: str, duration: float, wall: float, cpu: float, extra: str = "") -> None:
     print(f"  {name:<34} wall {wall:6.2f} s  cpu {cpu:6.2f} s  {duration / wall:6.1f}x real time{extra}")
-
-
-def find_yunet(arg: str | None) -> Path | None:
-    candidates = [
-        arg,
-        os.environ.get("EMOTION_YUNET_PATH"),
-        ROOT / "models/face_detection_yunet_2023mar.onnx",
-        ROOT.parent / "shared/models/face_detection_yunet_2023mar.onnx",
-    ]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
 def main() -> None:

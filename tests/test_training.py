@@ -582,3 +582,26 @@ def test_cli_trains_exports_and_evaluates_an_image_folder(tmp_path, capsys):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     _assert_consistent(metrics, ["happy", "neutral", "sad"], np.array([0] * 3 + [1] * 3 + [2] * 2))
     assert not (tmp_path / "eval" / "learning_curves.png").exists()  # only with --history
+
+
+def test_checkpoint_selection_scores_what_the_exported_file_computes():
+    # Without --val-tta the PublicTest probabilities are the plain forward pass (as a --no-tta file's); with it,
+    # the mean of the face and its mirror image (as in-graph TTA).
+    import numpy as np
+    import torch
+    from torch.nn import functional as F
+
+    from training.model import EmotionNet
+    from training.train import TrainConfig, predict, to_input
+
+    torch.manual_seed(0)
+    net = EmotionNet({"fer2013": 7}).eval()
+    images = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    x = to_input(images, 40, 0.5, 0.25)
+    with torch.no_grad():
+        plain = F.softmax(net(x)["fer2013"], 1).numpy()
+        mirrored = F.softmax(net(torch.flip(x, dims=[3]))["fer2013"], 1).numpy()
+    np.testing.assert_allclose(predict(net, images, TrainConfig())["fer2013"], plain, atol=1e-6)
+    tta = predict(net, images, TrainConfig(val_tta=True))["fer2013"]
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-6  # the mirror image does change the answer (an untrained net: barely)

@@ -22,6 +22,7 @@ HELP = {
     "convs_per_stage": "3x3 convolutions per stage",
     "dropout": "dropout before the heads",
     "erase_prob": "share of training images that get a random grey rectangle (random erasing)",
+    "val_tta": "pick checkpoints on flip-averaged PublicTest accuracy (for export with in-graph TTA)",
     "threads": "torch CPU threads (0: torch's default)",
     "init": "start from the weights of this checkpoint (e.g. runs/joint/last.pt) with a fresh schedule",
     "limit": "use only the first N training images (smoke tests)",
@@ -50,6 +51,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 type=int if f.name != "heads" else str,
                 default=default,
                 help=f"{HELP.get(f.name, '')} (default: {' '.join(map(str, default)) or 'all'})".lstrip(),
+            )
+        elif isinstance(default, bool):
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{HELP.get(f.name, '')} (default: {default})".lstrip(),
             )
         elif f.name == "ferplus":
             p.add_argument(

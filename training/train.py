@@ -39,6 +39,7 @@ class TrainConfig:
     convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
     dropout: float = 0.3
     erase_prob: float = 0.5  # share of training images that get a random grey rectangle
+    val_tta: bool = False  # pick checkpoints on flip-averaged accuracy (match `export` without --no-tta)
     seed: int = 0
     threads: int = 0  # 0: torch's default
     limit: int = 0  # use only the first N training images (smoke tests)
@@ -90,14 +91,15 @@ def to_input(images: np.ndarray, size: int, mean: float, std: float) -> torch.Te
 
 @torch.no_grad()
 def predict(net: EmotionNet, images: np.ndarray, cfg: TrainConfig, batch: int = 512) -> dict[str, np.ndarray]:
-    """Flip-averaged probabilities per head."""
+    """Probabilities per head; flip-averaged with `cfg.val_tta`, as an exported file with in-graph TTA would be."""
     net.eval()
     outs: dict[str, list[np.ndarray]] = {h: [] for h in net.heads}
     for i in range(0, len(images), batch):
         x = to_input(images[i : i + batch], cfg.input_size, cfg.mean, cfg.std).contiguous(
             memory_format=torch.channels_last
         )
-        a, b = net(x), net(torch.flip(x, dims=[3]))
+        a = net(x)
+        b = net(torch.flip(x, dims=[3])) if cfg.val_tta else a
         for h in outs:
             outs[h].append((0.5 * (F.softmax(a[h], 1) + F.softmax(b[h], 1))).numpy())
     return {h: np.concatenate(v) for h, v in outs.items()}

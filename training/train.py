@@ -98,10 +98,13 @@ def predict(net: EmotionNet, images: np.ndarray, cfg: TrainConfig, batch: int = 
         x = to_input(images[i : i + batch], cfg.input_size, cfg.mean, cfg.std).contiguous(
             memory_format=torch.channels_last
         )
-        a = net(x)
-        b = net(torch.flip(x, dims=[3])) if cfg.val_tta else a
+        logits = net(x)
+        mirrored = net(torch.flip(x, dims=[3])) if cfg.val_tta else None
         for h in outs:
-            outs[h].append((0.5 * (F.softmax(a[h], 1) + F.softmax(b[h], 1))).numpy())
+            probs = F.softmax(logits[h], 1)
+            if mirrored is not None:
+                probs = 0.5 * (probs + F.softmax(mirrored[h], 1))
+            outs[h].append(probs.numpy())
     return {h: np.concatenate(v) for h, v in outs.items()}
 
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -172,23 +171,14 @@ class MetricsMiddleware:
 # --- uploads ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Upload:
-    data: bytes
-    content_type: str
-    filename: str | None = None
-
-
-async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", field: str = "file") -> Upload:
+async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", field: str = "file") -> bytes:
     """The uploaded file from a multipart field ``field`` or a raw ``kind/*`` body, in memory, at most ``max_bytes``.
 
     Raises ``InputError`` (see ``server.uploads.receive_upload``): 413, 415, 400 or 422 with a message.
     """
     body = bytearray()
-    info = await receive_upload(
-        request.headers, request.stream(), body.extend, max_bytes=max_bytes, kind=kind, field=field
-    )
-    return Upload(bytes(body), info.content_type, info.filename)
+    await receive_upload(request.headers, request.stream(), body.extend, max_bytes=max_bytes, kind=kind, field=field)
+    return bytes(body)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -257,8 +247,8 @@ async def predict(
 ) -> PredictResponse:
     app = request.app
     settings: Settings = app.state.settings
-    upload = await read_upload(request, max_bytes=settings.max_upload_bytes, kind="image")
-    result = await run_cpu(app, predict_bytes, app.state.pipeline, upload.data, settings, max_faces)
+    data = await read_upload(request, max_bytes=settings.max_upload_bytes, kind="image")
+    result = await run_cpu(app, predict_bytes, app.state.pipeline, data, settings, max_faces)
     metrics: Metrics = app.state.metrics
     metrics.inc("emotion_faces_detected_total", "Faces found in predicted images.", len(result.faces))
     for stage in ("decode", "detect", "classify"):

@@ -7,7 +7,6 @@ One reader for images (collected in memory) and videos (written to a temporary f
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
@@ -16,13 +15,6 @@ from server.pipeline import InputError
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the byte limit
 OCTET_STREAM = "application/octet-stream"  # what curl and browsers send for files they cannot name
-
-
-@dataclass
-class UploadInfo:
-    content_type: str  # the part's or body's media type
-    filename: str | None
-    size: int
 
 
 async def receive_upload(
@@ -34,7 +26,7 @@ async def receive_upload(
     kind: str,
     field: str = "file",
     raw_octet_stream: bool = False,
-) -> UploadInfo:
+) -> None:
     """Stream the uploaded ``kind`` (``image`` or ``video``) into ``write``, chunk by chunk.
 
     The body is a multipart form with ``field`` or a raw ``kind/*`` body (also ``application/octet-stream`` if
@@ -64,25 +56,23 @@ async def receive_upload(
         write(data)
 
     if multipart:
-        content_type, filename = await _read_field(options.get(b"boundary"), chunks, limited_write, kind, field)
+        await _read_field(options.get(b"boundary"), chunks, limited_write, kind, field)
         if size == 0:
             raise InputError(400, f"field {field!r} is empty: no {kind} data was sent")
-        return UploadInfo(content_type, filename, size)
+        return
     async for chunk in chunks:
         limited_write(chunk)
     if size == 0:
         raise InputError(400, f"empty body: no {kind} data was sent")
-    return UploadInfo(mime_str, None, size)
 
 
 async def _read_field(
     boundary: bytes | None, chunks: AsyncIterable[bytes], write: Callable[[bytes], None], kind: str, field: str
-) -> tuple[str, str | None]:
-    """Write the first part named ``field`` of a multipart body; returns its content type and filename."""
+) -> None:
+    """Write the first part named ``field`` of a multipart body into ``write``."""
     if not boundary:
         raise InputError(400, "multipart body without a boundary in its Content-Type")
-    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "done": False}
-    found: dict[str, Any] = {}
+    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "found": False, "done": False}
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["name"] += data[start:end]
@@ -97,10 +87,9 @@ async def _read_field(
     def on_headers_finished() -> None:
         _, disposition = parse_options_header(state["headers"].get("content-disposition", b""))
         state["current"] = disposition.get(b"name", b"").decode("utf-8", "replace")
-        if state["current"] == field and not found:
+        if state["current"] == field and not state["found"]:
+            state["found"] = True
             part_type = parse_options_header(state["headers"].get("content-type", b""))[0].decode("latin-1").lower()
-            found["type"] = part_type or OCTET_STREAM
-            found["filename"] = disposition.get(b"filename", b"").decode("utf-8", "replace") or None
             # An unlabelled file (octet-stream) is let through: the bytes decide then.
             if part_type and not part_type.startswith(f"{kind}/") and part_type != OCTET_STREAM:
                 raise InputError(415, f"field {field!r} has content type {part_type!r}, expected {kind}/*")
@@ -131,6 +120,5 @@ async def _read_field(
         parser.finalize()
     except MultipartParseError as exc:
         raise InputError(400, f"malformed multipart body: {exc}") from exc
-    if not found:
+    if not state["found"]:
         raise InputError(422, f"multipart form has no {field!r} field: send the {kind} as {field}=@<path>")
-    return found["type"], found["filename"]

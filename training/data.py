@@ -50,6 +50,18 @@ class FaceDataset:
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # head -> float32 [N, K]
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # head -> bool [N]
     labels: dict[str, list[str]] = field(default_factory=dict)  # head -> class names
+    raw_votes: np.ndarray | None = None  # FER+ vote counts [N, 10] (8 emotions, unknown, NF), as read
+
+    def set_ferplus_votes(self, votes: np.ndarray) -> None:
+        """The "ferplus" head from raw vote counts: normalised emotion votes, masked where no emotion won."""
+        self.raw_votes = votes
+        emotion_votes = votes[:, : len(FERPLUS_LABELS)]
+        total = emotion_votes.sum(1, keepdims=True)
+        # An image whose winning vote is "unknown" or "not a face" has no usable emotion (Barsoum et al.).
+        usable = (total[:, 0] > 0) & (votes.argmax(1) < len(FERPLUS_LABELS))
+        self.targets["ferplus"] = np.where(total > 0, emotion_votes / np.maximum(total, 1), 0).astype(np.float32)
+        self.masks["ferplus"] = usable
+        self.labels["ferplus"] = list(FERPLUS_LABELS)
 
     def split(self, name: str) -> np.ndarray:
         if name not in self.splits or len(self.splits[name]) == 0:
@@ -175,13 +187,7 @@ def load_fer2013(csv_path: str | Path, ferplus_path: str | Path | None = None) -
             raise DataError(
                 ferplus_path, i + 2, f"Usage {str(plus_usage[i])!r} differs from {str(usage[i])!r} in {csv_path}"
             )
-        emotion_votes = votes[:, : len(FERPLUS_LABELS)]
-        total = emotion_votes.sum(1, keepdims=True)
-        # An image whose winning vote is "unknown" or "not a face" has no usable emotion (Barsoum et al.).
-        usable = (total[:, 0] > 0) & (votes.argmax(1) < len(FERPLUS_LABELS))
-        ds.targets["ferplus"] = np.where(total > 0, emotion_votes / np.maximum(total, 1), 0).astype(np.float32)
-        ds.masks["ferplus"] = usable
-        ds.labels["ferplus"] = list(FERPLUS_LABELS)
+        ds.set_ferplus_votes(votes)
     return ds
 
 
@@ -224,8 +230,12 @@ def load_image_folder(root: str | Path) -> FaceDataset:
 
 
 def load_dataset(source: str, path: str | Path, ferplus: str | Path | None = None) -> FaceDataset:
+    if source == "pack" or (source == "fer2013" and str(path).endswith(".pack")):
+        from training.pack import read_pack  # noqa: PLC0415  (pack imports this module)
+
+        return read_pack(path)
     if source == "fer2013":
         return load_fer2013(path, ferplus)
     if source == "folder":
         return load_image_folder(path)
-    raise ValueError(f"unknown data source {source!r} (expected 'fer2013' or 'folder')")
+    raise ValueError(f"unknown data source {source!r} (expected 'fer2013', 'pack' or 'folder')")

@@ -19,17 +19,19 @@ import torch
 from torch.nn import functional as F
 
 from training.data import FaceDataset, load_dataset
+from training.distill import Teachers
 from training.model import EmotionNet, ModelConfig
 
 
 @dataclass
 class TrainConfig:
     data: str = "../shared/datasets/fer2013/fer2013.csv.gz"
-    source: str = "fer2013"  # fer2013 | folder
+    source: str = "fer2013"  # fer2013 | pack | folder (a path ending in .pack is read as a pack)
     ferplus: str | None = "../shared/datasets/fer2013/fer2013new.csv"
     out: str = "runs/emotion"
     input_size: int = 40
     epochs: int = 18
+    minutes: float = 0.0  # time budget: the schedule is shortened to fit it (0: none)
     batch_size: int = 128
     lr: float = 0.05  # peak of the one-cycle schedule
     weight_decay: float = 5e-4
@@ -39,7 +41,16 @@ class TrainConfig:
     convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
     dropout: float = 0.3
     erase_prob: float = 0.5  # share of training images that get a random grey rectangle
+    mix: str = "none"  # none | mixup | cutmix: blend pairs of images and their targets
+    mix_prob: float = 0.5  # share of batches that are mixed
+    mix_alpha: float = 1.0  # Beta(alpha, alpha) for the mixing weight
+    soft_targets: str = ""  # distil from stored teacher probabilities (`python -m training soft-targets`)
+    teachers: list[str] = field(default_factory=list)  # or from teacher runs, run on each augmented batch
+    distill_weight: float = 0.7  # share of the loss that follows the teachers (with soft_targets or teachers)
+    distill_temperature: float = 2.0
     val_tta: bool = False  # pick checkpoints on flip-averaged accuracy (match `export` without --no-tta)
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 on CUDA and on CPUs with native bf16
     seed: int = 0
     threads: int = 0  # 0: torch's default
     limit: int = 0  # use only the first N training images (smoke tests)
@@ -55,29 +66,104 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device, flags: set[str] | None = None) -> tuple[str, str]:
+    """(precision, why). bf16 autocast pays where the hardware multiplies bf16 natively: CUDA, AMX, AVX512-BF16.
+    On an AVX2-only CPU bf16 is emulated and ~20x slower than fp32, so auto keeps fp32 there."""
+    if name in ("fp32", "bf16"):
+        return name, "forced"
+    if name != "auto":
+        raise ValueError(f"unknown precision {name!r} (expected auto, fp32 or bf16)")
+    if device.type == "cuda":
+        return "bf16", "CUDA"
+    native = sorted({"amx_bf16", "avx512_bf16"} & (cpu_flags() if flags is None else flags))
+    if native:
+        return "bf16", f"CPU has {', '.join(native)}"
+    return "fp32", "CPU has no native bf16 (no amx_bf16 / avx512_bf16)"
+
+
+def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.2) -> float:
+    """Cosine one-cycle: up from peak/25 over the first `warmup` share of the steps, then down to peak/1e4. A pure
+    function of (step, total), so a budget that shortens the run mid-way just continues on the shorter curve."""
+    warm = max(1, int(warmup * total))
+    if step < warm:
+        return peak / 25 + (peak - peak / 25) * (1 - math.cos(math.pi * step / warm)) / 2
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return peak / 1e4 + (peak - peak / 1e4) * (1 + math.cos(math.pi * t)) / 2
+
+
 def augment(x: torch.Tensor, size: int, generator: torch.Generator, erase_prob: float = 0.5) -> torch.Tensor:
-    """Random flip, rotation, scale and shift in one affine resample to `size`, then random erasing."""
-    n = x.shape[0]
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(15)
-    scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * 0.15
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.1
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    """Random flip, rotation, scale and shift in one affine resample to `size`, then random erasing; batched on the
+    tensor's device, no per-image Python."""
+    n, dev = x.shape[0], x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=dev)
+
+    angle = (rand(n) * 2 - 1) * math.radians(15)
+    scale = 1 + (rand(n) * 2 - 1) * 0.15
+    shift = (rand(n, 2) * 2 - 1) * 0.1
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
     )
     grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    # Random erasing: a grey rectangle on some images, so no single facial region is relied on.
-    erase = torch.rand(n, generator=generator) < erase_prob
-    for i in torch.nonzero(erase).flatten().tolist():
-        h, w = (torch.randint(size // 5, size // 2, (2,), generator=generator)).tolist()
-        y, x0 = (
-            torch.randint(0, size - h, (1,), generator=generator).item(),
-            torch.randint(0, size - w, (1,), generator=generator).item(),
-        )
-        out[i, :, y : y + h, x0 : x0 + w] = 0.5
-    return out
+    # Random erasing: a grey rectangle (sides size/5..size/2) on some images, so no single region is relied on.
+    lo, hi = size // 5, size // 2
+    hw = (lo + rand(n, 2) * (hi - lo)).long()
+    corner = (rand(n, 2) * (size - hw + 1)).long()
+    ax = torch.arange(size, device=dev)
+    rows = (ax >= corner[:, :1]) & (ax < corner[:, :1] + hw[:, :1])
+    cols = (ax >= corner[:, 1:]) & (ax < corner[:, 1:] + hw[:, 1:])
+    box = rows[:, :, None] & cols[:, None, :] & (rand(n) < erase_prob)[:, None, None]
+    return out.masked_fill(box[:, None], 0.5)
+
+
+def mix_batch(
+    x: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    mode: str,
+    alpha: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Mixup (blend whole images) or CutMix (paste a box of another image); every target distribution is blended
+    by the same weight, and an image keeps a head's label only if both of its sources had one."""
+    n, size, dev = x.shape[0], x.shape[-1], x.device
+    perm = torch.randperm(n, generator=generator, device=dev)
+    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 0.5
+    if mode == "mixup":
+        x = lam * x + (1 - lam) * x[perm]
+    elif mode == "cutmix":
+        side = int(round(size * math.sqrt(1 - lam)))
+        cy, cx = (torch.randint(0, size, (2,), generator=generator, device=dev)).tolist()
+        y0, y1 = max(cy - side // 2, 0), min(cy + side - side // 2, size)
+        x0, x1 = max(cx - side // 2, 0), min(cx + side - side // 2, size)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (size * size)  # the share of pixels that stayed
+    else:
+        raise ValueError(f"unknown mix mode {mode!r} (expected none, mixup or cutmix)")
+    targets = {h: lam * t + (1 - lam) * t[perm] for h, t in targets.items()}
+    masks = {h: m & m[perm] for h, m in masks.items()}
+    return x, targets, masks
 
 
 def to_input(images: np.ndarray, size: int, mean: float, std: float) -> torch.Tensor:
@@ -91,20 +177,20 @@ def to_input(images: np.ndarray, size: int, mean: float, std: float) -> torch.Te
 
 @torch.no_grad()
 def predict(net: EmotionNet, images: np.ndarray, cfg: TrainConfig, batch: int = 512) -> dict[str, np.ndarray]:
-    """Probabilities per head; flip-averaged with `cfg.val_tta`, as an exported file with in-graph TTA would be."""
+    """Probabilities per head in fp32; flip-averaged with `cfg.val_tta`, as an exported file with in-graph TTA."""
     net.eval()
+    device = next(net.parameters()).device
     outs: dict[str, list[np.ndarray]] = {h: [] for h in net.heads}
     for i in range(0, len(images), batch):
-        x = to_input(images[i : i + batch], cfg.input_size, cfg.mean, cfg.std).contiguous(
-            memory_format=torch.channels_last
-        )
+        x = to_input(images[i : i + batch], cfg.input_size, cfg.mean, cfg.std)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         logits = net(x)
         mirrored = net(torch.flip(x, dims=[3])) if cfg.val_tta else None
         for h in outs:
-            probs = F.softmax(logits[h], 1)
+            probs = F.softmax(logits[h].float(), 1)
             if mirrored is not None:
-                probs = 0.5 * (probs + F.softmax(mirrored[h], 1))
-            outs[h].append(probs.numpy())
+                probs = 0.5 * (probs + F.softmax(mirrored[h].float(), 1))
+            outs[h].append(probs.cpu().numpy())
     return {h: np.concatenate(v) for h, v in outs.items()}
 
 
@@ -117,13 +203,28 @@ def soft_cross_entropy(
     return per_row.mean()
 
 
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.: cross-entropy to the teachers' distribution, both softened by T, scaled by T^2 so the
+    gradient's size does not depend on T. `teacher` holds probabilities at T = 1."""
+    soft = teacher.clamp_min(1e-8).log() / temperature
+    soft = F.softmax(soft, 1)
+    return -(soft * F.log_softmax(logits / temperature, 1)).sum(1).mean() * temperature**2
+
+
 def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    deadline = t_start + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log(f"config: {json.dumps(asdict(cfg))}")
+    device = pick_device(cfg.device)
+    precision, why = pick_precision(cfg.precision, device)
+    log(f"device: {device}, precision {precision} ({why})")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     ds = data or load_dataset(cfg.source, cfg.data, cfg.ferplus)
     heads = cfg.heads or list(ds.targets)
     train_idx = ds.split("Training")
@@ -137,74 +238,101 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         t, m = ds.targets[h][train_idx], ds.masks[h][train_idx]
         freq = t[m].sum(0) / max(m.sum(), 1)
         w = np.power(np.maximum(freq, 1e-3), -cfg.class_weight_power)
-        weights[h] = torch.tensor(w / (w * freq).sum(), dtype=torch.float32)  # mean weight over the data is 1
+        weights[h] = torch.tensor(w / (w * freq).sum(), dtype=torch.float32, device=device)  # mean weight 1
         log(
             f"class weights {h}: "
             + ", ".join(f"{n} {v:.2f}" for n, v in zip(ds.labels[h], weights[h].tolist(), strict=True))
         )
+    # The whole training set lives on the device (74 MB as uint8): batches are gathered and augmented there.
+    images = torch.from_numpy(ds.images).to(device)
+    targets = {h: torch.from_numpy(ds.targets[h]).to(device) for h in heads}
+    masks = {h: torch.from_numpy(ds.masks[h]).to(device) for h in heads}
+    teacher = Teachers.from_config(cfg, heads, ds, device, log)
 
     model_cfg = ModelConfig(widths=tuple(cfg.widths), convs_per_stage=tuple(cfg.convs_per_stage), dropout=cfg.dropout)
-    net = EmotionNet({h: len(ds.labels[h]) for h in heads}, model_cfg).to(memory_format=torch.channels_last)
+    net = EmotionNet({h: len(ds.labels[h]) for h in heads}, model_cfg)
     log(f"model: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters")
     if cfg.init:
-        net.load_state_dict(torch.load(cfg.init, weights_only=False)["model"])
+        net.load_state_dict(torch.load(cfg.init, weights_only=False, map_location="cpu")["model"])
         log(f"initialised from {cfg.init}")
+    net = net.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
-    )
 
-    state = {"epoch": 0, "history": [], "best": {h: {"accuracy": -1.0, "epoch": -1} for h in heads}}
+    state = {"epoch": 0, "step": 0, "epochs": cfg.epochs, "history": [], "best": {}}
+    state["best"] = {h: {"accuracy": -1.0, "epoch": -1} for h in heads}
     last = out / "last.pt"
     if last.exists():  # resume
-        ckpt = torch.load(last, weights_only=False)
+        ckpt = torch.load(last, weights_only=False, map_location="cpu")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        if ckpt["scheduler"]["total_steps"] == sched.total_steps:
-            sched.load_state_dict(ckpt["scheduler"])
-        else:  # resumed with another --epochs: the saved schedule would stop at its old end, so follow the new one
-            sched.last_epoch = ckpt["scheduler"]["last_epoch"]
-        state = ckpt["state"]
+        state.update(ckpt["state"])
+        state.setdefault("step", state["epoch"] * steps_per_epoch)
+        if not state.get("shortened"):  # a new --epochs extends (or cuts) the schedule; a budget's cut stays
+            state["epochs"] = cfg.epochs
         torch.set_rng_state(ckpt["rng"])
         log(f"resumed from {last} after epoch {state['epoch']}")
 
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=device)
     val_labels = {h: ds.hard_labels(h)[val_idx] for h in heads}
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    epoch_seconds: list[float] = []
+    lr = one_cycle_lr(state["step"], state["epochs"] * steps_per_epoch, cfg.lr)
+    # The budget counts from the start, loading included; a run always finishes its first epoch, so it leaves a
+    # checkpoint however small the budget.
+    while state["epoch"] < state["epochs"] and (time.time() < deadline or state["epoch"] == 0):
+        epoch = state["epoch"] + 1
         net.train()
         gen.manual_seed(cfg.seed * 1000 + epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        t0, total, seen = time.time(), 0.0, 0
+        order = torch.from_numpy(train_idx).to(device)[torch.randperm(len(train_idx), generator=gen, device=device)]
+        t0, total, seen = time.time(), torch.zeros((), device=device), 0
         for step in range(steps_per_epoch):
+            if time.time() > deadline and state["epoch"] > 0:
+                log(f"time budget of {cfg.minutes:g} min reached in epoch {epoch}, step {step}")
+                break
+            lr = one_cycle_lr(state["step"], state["epochs"] * steps_per_epoch, cfg.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = torch.from_numpy(ds.images[idx]).float().div_(255).unsqueeze(1)
-            x = augment(x, cfg.input_size, gen, cfg.erase_prob)
+            x = augment(images[idx].float().div_(255).unsqueeze(1), cfg.input_size, gen, cfg.erase_prob)
             x = ((x - cfg.mean) / cfg.std).contiguous(memory_format=torch.channels_last)
-            logits = net(x)
-            loss = torch.zeros(())
+            t_batch = {h: targets[h][idx] for h in heads}
+            m_batch = {h: masks[h][idx] for h in heads}
+            if teacher is not None:
+                t_batch.update({f"teacher/{h}": p for h, p in teacher.stored(idx).items()})
+            if cfg.mix != "none" and torch.rand((), generator=gen, device=device).item() < cfg.mix_prob:
+                x, t_batch, m_batch = mix_batch(x, t_batch, m_batch, cfg.mix, cfg.mix_alpha, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = net(x)
+                online = teacher.online(x) if teacher is not None else {}
+            loss = torch.zeros((), device=device)
             for h in heads:
-                mask = torch.from_numpy(ds.masks[h][idx])
-                if mask.any():
-                    target = torch.from_numpy(ds.targets[h][idx])[mask]
-                    loss = loss + soft_cross_entropy(logits[h][mask], target, weights[h], cfg.label_smoothing)
+                mask = m_batch[h]
+                if not mask.any():
+                    continue
+                hard = soft_cross_entropy(logits[h][mask].float(), t_batch[h][mask], weights[h], cfg.label_smoothing)
+                soft = online.get(h, t_batch.get(f"teacher/{h}"))
+                if soft is None:
+                    loss = loss + hard
+                else:
+                    kd = distill_loss(logits[h][mask].float(), soft[mask].float(), cfg.distill_temperature)
+                    loss = loss + (1 - cfg.distill_weight) * hard + cfg.distill_weight * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
+            state["step"] += 1
+            total += loss.detach() * len(idx)
             seen += len(idx)
-            done = (step + 1) / steps_per_epoch
-            bar = "#" * int(done * 30)
-            print(
-                f"\repoch {epoch}/{cfg.epochs} [{bar:<30}] {done:4.0%} loss {total / seen:.4f} "
-                f"{seen / (time.time() - t0):.0f} img/s",
-                end="",
-                flush=True,
-            )
+            if step % 20 == 0 or step == steps_per_epoch - 1:  # .item() waits for the device: not every step
+                done = (step + 1) / steps_per_epoch
+                print(
+                    f"\repoch {epoch}/{state['epochs']} [{'#' * int(done * 30):<30}] {done:4.0%} "
+                    f"loss {total.item() / seen:.4f} {seen / (time.time() - t0):.0f} img/s",
+                    end="",
+                    flush=True,
+                )
         print(flush=True)
         probs = predict(net, ds.images[val_idx], cfg)
-        row = {"epoch": epoch, "train_loss": total / seen, "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
+        row = {"epoch": epoch, "train_loss": total.item() / max(seen, 1), "lr": lr, "seconds": time.time() - t0}
         for h in heads:
             ok = val_labels[h] >= 0
             target = torch.from_numpy(ds.targets[h][val_idx][ok])
@@ -215,20 +343,27 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
                 torch.save(_checkpoint(net, cfg, ds, h), out / f"best_{h}.pt")
         state["history"].append(row)
         state["epoch"] = epoch
+        epoch_seconds.append(time.time() - t0)
+        _fit_budget(state, epoch_seconds, deadline, log)
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         torch.save(
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "state": state,
-                "rng": torch.get_rng_state(),
-            },
+            {"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state()},
             last,
         )
         (out / "history.json").write_text(json.dumps(state, indent=1))
-    log(f"best: {json.dumps(state['best'])}")
+    log(f"best: {json.dumps(state['best'])} ({(time.time() - t_start) / 60:.1f} min)")
     return state
+
+
+def _fit_budget(state: dict, epoch_seconds: list[float], deadline: float, log) -> None:
+    """Shorten the schedule so its last epoch (full learning-rate annealing included) ends inside the budget."""
+    if math.isinf(deadline) or state["epoch"] >= state["epochs"]:
+        return
+    per_epoch = float(np.median(epoch_seconds))
+    fits = state["epoch"] + int((deadline - time.time()) / per_epoch)
+    if fits < state["epochs"]:
+        log(f"budget: {per_epoch:.1f} s per epoch, the schedule is shortened to {max(fits, state['epoch'])} epochs")
+        state["epochs"], state["shortened"] = max(fits, state["epoch"]), True
 
 
 def _checkpoint(net: EmotionNet, cfg: TrainConfig, ds: FaceDataset, head: str) -> dict:
@@ -244,7 +379,7 @@ def _checkpoint(net: EmotionNet, cfg: TrainConfig, ds: FaceDataset, head: str) -
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmotionNet, dict]:
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=False, map_location="cpu")
     mc = ckpt["model_config"]
     config = ModelConfig(
         widths=tuple(mc["widths"]),

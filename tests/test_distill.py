@@ -1,0 +1,290 @@
+"""Model v2 machinery on tiny synthetic data: the lossless data pack, precision/device choice, batched augmentation,
+mixing, time budgets, teacher soft targets, distillation and a whole plan, ending in a file the server accepts."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the training package needs torch (pip install torch==2.13.0)")
+pytest.importorskip("onnx", reason="the training package needs onnx (the [train] extra)")
+
+from training_data import write_fer_pair  # noqa: E402
+
+from server.classifier import EmotionClassifier  # noqa: E402
+from training.__main__ import main  # noqa: E402
+from training.data import load_dataset, load_fer2013  # noqa: E402
+from training.distill import load_soft_targets  # noqa: E402
+from training.export import export_onnx  # noqa: E402
+from training.pack import decode_residuals, encode_residuals, read_pack, write_pack  # noqa: E402
+from training.plan import load_plan, parse_steps, run_plan  # noqa: E402
+from training.train import (  # noqa: E402
+    TrainConfig,
+    _fit_budget,
+    augment,
+    mix_batch,
+    one_cycle_lr,
+    pick_device,
+    pick_precision,
+    train,
+)
+
+TINY = {"epochs": 2, "threads": 1, "batch_size": 16, "widths": (8, 16, 16, 16), "precision": "fp32"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fer(tmp_path_factory) -> dict:
+    return write_fer_pair(tmp_path_factory.mktemp("fer"))
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, fer) -> dict:
+    ds = load_fer2013(fer["csv"], fer["ferplus"])
+    path = tmp_path_factory.mktemp("pack") / "fer.pack"
+    manifest = write_pack(ds, path)
+    return {"ds": ds, "path": path, "manifest": manifest}
+
+
+# --- pack ------------------------------------------------------------------------------------------------------------
+
+
+def test_residual_coding_is_exact_on_every_byte_value():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 48, 48), dtype=np.uint8)
+    images[0] = 0
+    images[1] = 255
+    images[2] = np.arange(48 * 48).reshape(48, 48) % 256  # wrap-arounds in the prediction error
+    zz = encode_residuals(images)
+    assert zz.dtype == np.uint8 and zz.shape == images.shape
+    np.testing.assert_array_equal(decode_residuals(zz), images)
+    smooth = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (1, 48, 1))  # a gradient predicts almost exactly
+    assert encode_residuals(smooth)[:, 1:, 1:].max() <= 2
+
+
+def test_pack_round_trip_is_lossless(packed):
+    ds, back = packed["ds"], read_pack(packed["path"])
+    np.testing.assert_array_equal(back.images, ds.images)
+    assert back.labels == ds.labels
+    for h in ds.targets:
+        np.testing.assert_array_equal(back.targets[h], ds.targets[h])
+        np.testing.assert_array_equal(back.masks[h], ds.masks[h])
+        np.testing.assert_array_equal(back.hard_labels(h), ds.hard_labels(h))
+    for split, idx in ds.splits.items():
+        np.testing.assert_array_equal(back.splits[split], idx)
+    assert packed["manifest"]["splits"] == {"Training": 32, "PublicTest": 8, "PrivateTest": 8}
+    # The loaders take a .pack wherever they take the CSV.
+    np.testing.assert_array_equal(load_dataset("fer2013", packed["path"]).images, ds.images)
+
+
+def test_damaged_pack_is_refused(packed, tmp_path):
+    import io
+
+    raw = np.load(io.BytesIO(lzma.decompress(packed["path"].read_bytes())))
+    arrays = dict(raw)
+    arrays["fer2013"] = arrays["fer2013"].copy()
+    arrays["fer2013"][3] = (arrays["fer2013"][3] + 1) % 7  # one label changed, the manifest kept
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    bad = tmp_path / "bad.pack"
+    bad.write_bytes(lzma.compress(buf.getvalue()))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        read_pack(bad)
+    (tmp_path / "junk.pack").write_bytes(b"not xz at all")
+    with pytest.raises(ValueError, match="not a training pack"):
+        read_pack(tmp_path / "junk.pack")
+
+
+def test_pack_cli_reports_identical(fer, tmp_path, capsys):
+    out = tmp_path / "cli.pack"
+    assert main(["pack", "--data", str(fer["csv"]), "--ferplus", str(fer["ferplus"]), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "identical to the source" in text and out.exists()
+
+
+# --- device, precision, schedule, augmentation -----------------------------------------------------------------------
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu, {"avx2", "fma"})[0] == "fp32"
+    assert pick_precision("auto", cpu, {"avx2", "amx_bf16", "amx_tile"}) == ("bf16", "CPU has amx_bf16")
+    assert pick_precision("auto", cpu, {"avx512f", "avx512_bf16"})[0] == "bf16"
+    assert pick_precision("auto", torch.device("cuda"), set()) == ("bf16", "CUDA")
+    assert pick_precision("fp32", torch.device("cuda"), set()) == ("fp32", "forced")
+    assert pick_precision("bf16", cpu, {"avx2"}) == ("bf16", "forced")
+    with pytest.raises(ValueError, match="unknown precision"):
+        pick_precision("fp16", cpu, set())
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            pick_device("cuda")
+        assert pick_device("auto").type == "cpu"
+
+
+def test_one_cycle_schedule_shape():
+    lrs = [one_cycle_lr(s, 100, 0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1 / 25)
+    assert max(lrs) == pytest.approx(0.1) and int(np.argmax(lrs)) == 20
+    assert lrs[-1] == pytest.approx(0.1 / 1e4)
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:], strict=False))  # monotone annealing
+
+
+def test_random_erasing_is_batched_and_respects_its_probability():
+    x = torch.zeros(400, 1, 40, 40)
+    gen = torch.Generator().manual_seed(0)
+    none = augment(x.clone(), 40, gen, erase_prob=0.0)
+    assert (none == 0.5).sum() == 0  # zeros stay zeros under the affine resample
+    out = augment(x.clone(), 40, gen, erase_prob=0.5)
+    erased = (out == 0.5).flatten(1).any(1)
+    assert 150 < int(erased.sum()) < 250
+    for img in out[erased][:, 0]:  # each erased region is one axis-aligned rectangle of side 8..19
+        ys, xs = torch.nonzero(img == 0.5, as_tuple=True)
+        h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert 8 <= h < 20 and 8 <= w < 20 and len(ys) == h * w
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_mixing_blends_images_and_targets_by_the_same_weight(mode):
+    n = 64
+    x = torch.cat([torch.zeros(n // 2, 1, 40, 40), torch.ones(n // 2, 1, 40, 40)])
+    targets = {
+        "a": torch.cat([torch.tensor([[1.0, 0.0]]).repeat(n // 2, 1), torch.tensor([[0.0, 1.0]]).repeat(n // 2, 1)])
+    }
+    masks = {"a": torch.ones(n, dtype=torch.bool)}
+    masks["a"][0] = False
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    mx, mt, mm = mix_batch(x, targets, masks, mode, 1.0, gen)
+    # Images are 0 or 1 everywhere, so each mixed image's mean is its share of "ones" pixels: the target says so.
+    np.testing.assert_allclose(mx.mean((1, 2, 3)).numpy(), mt["a"][:, 1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(mt["a"].sum(1).numpy(), 1.0, atol=1e-6)
+    assert not mm["a"][0] and int((~mm["a"]).sum()) == 2  # image 0 and the one that received image 0
+    with pytest.raises(ValueError, match="unknown mix mode"):
+        mix_batch(x, targets, masks, "blend", 1.0, gen)
+
+
+# --- budgets, distillation, plans ------------------------------------------------------------------------------------
+
+
+def test_time_budget_shortens_the_schedule_and_keeps_the_best(fer, tmp_path):
+    ds = load_fer2013(fer["csv"], fer["ferplus"])
+    cfg = TrainConfig(out=str(tmp_path / "budget"), minutes=0.02, **dict(TINY, epochs=100000))
+    lines: list[str] = []
+    state = train(cfg, data=ds, log=lines.append)  # 1.2 seconds: at least the first epoch runs
+    assert any("the schedule is shortened to" in line for line in lines), lines
+    assert state["shortened"] and state["epoch"] == state["epochs"] < 100000
+    assert (tmp_path / "budget" / "best_fer2013.pt").exists() and (tmp_path / "budget" / "last.pt").exists()
+    lines.clear()
+    again = train(cfg, data=ds, log=lines.append)  # a finished, shortened schedule stays finished
+    assert again["epoch"] == state["epoch"] and not any(line.startswith("epoch ") for line in lines)
+
+
+def test_budget_fits_the_remaining_epochs_into_the_time_left():
+    state = {"epoch": 2, "epochs": 100}
+    _fit_budget(state, [10.0, 12.0, 10.0], time.time() + 35, lambda _: None)  # 3 more epochs of ~10 s fit
+    assert state == {"epoch": 2, "epochs": 5, "shortened": True}
+    roomy = {"epoch": 2, "epochs": 4}
+    _fit_budget(roomy, [10.0], time.time() + 3600, lambda _: None)
+    assert roomy == {"epoch": 2, "epochs": 4}
+    lrs = [one_cycle_lr(s, 5 * 10, 0.05) for s in range(20, 51)]  # after the cut: the shorter curve to its end
+    assert lrs[-1] == pytest.approx(0.05 / 1e4)
+
+
+def test_soft_targets_distillation_and_export(fer, tmp_path):
+    """Two tiny teachers -> stored ensemble probabilities -> a student distilled from them (stored and online),
+    exported to a file the server's classifier accepts."""
+    ds = load_fer2013(fer["csv"], fer["ferplus"])
+    runs = []
+    for seed, extra in ((1, {"mix": "cutmix"}), (2, {"mix": "mixup", "input_size": 44})):
+        out = tmp_path / f"teacher{seed}"
+        train(TrainConfig(out=str(out), seed=seed, **TINY, **extra), data=ds, log=lambda _: None)
+        runs.append(str(out))
+    npz = tmp_path / "teachers.npz"
+    args = ["soft-targets", *runs, "--out", str(npz), "--data", str(fer["csv"]), "--ferplus", str(fer["ferplus"])]
+    assert main(args) == 0
+    report = json.loads(npz.with_suffix(".json").read_text())
+    assert set(report["teachers"]) == set(runs) and set(report["ensemble"]) == {"fer2013", "ferplus"}
+    probs = load_soft_targets(npz, ds, ["fer2013", "ferplus"])
+    assert probs["fer2013"].shape == (len(ds.images), 7) and probs["ferplus"].shape == (len(ds.images), 8)
+    np.testing.assert_allclose(probs["ferplus"].sum(1), 1.0, atol=2e-3)  # stored as float16
+
+    lines: list[str] = []
+    student = tmp_path / "student"
+    train(TrainConfig(out=str(student), soft_targets=str(npz), mix="cutmix", **TINY), data=ds, log=lines.append)
+    assert any(f"distilling from {npz}" in line for line in lines)
+    online = tmp_path / "online"
+    lines.clear()
+    train(TrainConfig(out=str(online), teachers=runs, **TINY), data=ds, log=lines.append)
+    assert any("distilling online from 2 teacher run(s)" in line for line in lines)
+    for run in (student, online):
+        path = export_onnx(run / "best_ferplus.pt", tmp_path / f"{run.name}.onnx", tta=False)
+        clf = EmotionClassifier(path)  # loading runs the server's contract checks
+        assert clf.labels == ds.labels["ferplus"]
+        out = clf.infer(np.random.default_rng(0).integers(0, 256, (3, 40, 40), dtype=np.uint8))
+        assert out.shape == (3, 8) and np.allclose(out.sum(1), 1.0, atol=1e-5)
+
+    with pytest.raises(ValueError, match="not both"):
+        train(TrainConfig(out=str(tmp_path / "x"), soft_targets=str(npz), teachers=runs, **TINY), data=ds)
+    wrong = load_fer2013(fer["csv"], None)
+    wrong.images = wrong.images[:-1]
+    with pytest.raises(ValueError, match="soft targets for 48 images"):
+        load_soft_targets(npz, wrong, ["fer2013"])
+
+
+def test_a_plan_runs_teachers_soft_targets_and_student_in_one_command(packed, tmp_path, monkeypatch):
+    plan_path = tmp_path / "plan.json"
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    plan = {
+        "defaults": {"data": "ignored.csv", **tiny},
+        "steps": [
+            {"train": {"out": str(tmp_path / "t1"), "seed": 1, "mix": "cutmix", "minutes": 1}},
+            {"train": {"out": str(tmp_path / "t2"), "seed": 2, "widths": [8, 8, 16, 16]}},
+            {"soft_targets": {"runs": [str(tmp_path / "t1"), str(tmp_path / "t2")], "out": str(tmp_path / "t.npz")}},
+            {"train": {"out": str(tmp_path / "student"), "soft_targets": str(tmp_path / "t.npz")}},
+        ],
+    }
+    plan_path.write_text(json.dumps(plan))
+    lines: list[str] = []
+    summary = run_plan(load_plan(plan_path), data=str(packed["path"]), log=lines.append)
+    assert [row["step"] for row in summary] == [1, 2, 3, 4]
+    assert (tmp_path / "student" / "best_ferplus.pt").exists() and (tmp_path / "t.npz").exists()
+    assert "ensemble" in summary[2] and summary[3]["epochs"] == 2
+    # Run again: every step is complete, nothing is retrained.
+    lines.clear()
+    run_plan(load_plan(plan_path), data=str(packed["path"]), steps="3-4", log=lines.append)
+    assert not any(line.startswith("epoch ") for line in lines) and any("exists: skipped" in line for line in lines)
+
+    plan["steps"].append({"train": {"out": "x", "learning_rate": 1}})
+    plan_path.write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match=r"step 5 \(train\) has unknown keys \['learning_rate'\]"):
+        load_plan(plan_path)
+
+
+def test_parse_steps():
+    assert parse_steps(None, 3) == [1, 2, 3]
+    assert parse_steps("1-2,3", 3) == [1, 2, 3]
+    assert parse_steps("2", 3) == [2]
+    with pytest.raises(ValueError, match="steps 1..3"):
+        parse_steps("2-4", 3)
+
+
+def test_shipped_plans_are_valid():
+    root = Path(__file__).resolve().parents[1] / "training" / "plans"
+    plans = sorted(root.glob("*.json"))
+    assert plans, root
+    for path in plans:
+        plan = load_plan(path)
+        assert plan["steps"] and plan.get("description")

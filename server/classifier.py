@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 REQUIRED_KEYS = ("labels", "input_size", "channels", "mean", "std", "crop_margin")
+ALIGN_VALUES = ("none", "eyes")
 
 
 class ModelError(ValueError):
@@ -32,6 +33,7 @@ class ModelSpec:
     std: list[float]
     crop_margin: float
     metadata: dict[str, str] = field(default_factory=dict)
+    align: str = "none"  # optional key: "eyes" turns each crop so the eyes are level (YuNet landmarks), "none"
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> ModelSpec:
@@ -80,7 +82,11 @@ class ModelSpec:
         if not 0.0 <= margin <= 1.0:
             raise ModelError(f"model metadata 'crop_margin' must be a number in [0, 1], got {meta['crop_margin']!r}")
 
-        return cls(labels, (size[0], size[1]), channels, mean, std, margin, dict(meta))
+        align = meta.get("align", "none")
+        if align not in ALIGN_VALUES:
+            raise ModelError(f"model metadata 'align' must be one of {ALIGN_VALUES}, got {align!r}")
+
+        return cls(labels, (size[0], size[1]), channels, mean, std, margin, dict(meta), align)
 
 
 def _json(meta: dict[str, str], key: str) -> object:

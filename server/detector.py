@@ -28,6 +28,15 @@ class Detection:
     w: float
     h: float
     score: float
+    # YuNet's five landmarks (x, y) in the same pixels as the box: right eye, left eye (the person's, so the right
+    # eye is on the image's left), nose tip, right and left mouth corners. None for detectors without landmarks.
+    landmarks: tuple[float, ...] | None = None
+
+    def eyes(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        if self.landmarks is None:
+            return None
+        lm = self.landmarks
+        return (lm[0], lm[1]), (lm[2], lm[3])
 
 
 class FaceDetector(Protocol):
@@ -72,7 +81,14 @@ class YuNetDetector:
             return []
         # Rows: x, y, w, h, five landmarks (x, y), score.
         return [
-            Detection(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[14]))
+            Detection(
+                float(f[0]),
+                float(f[1]),
+                float(f[2]),
+                float(f[3]),
+                float(f[14]),
+                tuple(float(v) for v in f[4:14]) if np.isfinite(f[4:14]).all() else None,
+            )
             for f in faces
             # YuNet can emit a row of NaNs (seen on a real photo); such a box cannot be cropped, so it is no face.
             if np.isfinite(f[:4]).all() and min(f[2], f[3]) >= min_size

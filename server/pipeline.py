@@ -164,18 +164,44 @@ def square_box(box: Sequence[float], margin: float, width: int, height: int) -> 
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
+# Eye lines steeper than this are more likely a landmark slip than a head that far over: leave those faces as they are.
+MAX_ALIGN_DEGREES = 45.0
+
+
+def eye_angle(eyes: tuple[tuple[float, float], tuple[float, float]]) -> float:
+    """Degrees the image must turn (counter-clockwise, OpenCV's sense) for the eyes to be level."""
+    (rx, ry), (lx, ly) = eyes
+    return float(np.degrees(np.arctan2(ly - ry, lx - rx)))
+
+
 def crop_face(
-    image: np.ndarray, box: Sequence[float] | Box, margin: float, size: int | Sequence[int], channels: int
+    image: np.ndarray,
+    box: Sequence[float] | Box,
+    margin: float,
+    size: int | Sequence[int],
+    channels: int,
+    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> np.ndarray:
     """Cut the model's input for one face: uint8 [H, W] (channels=1, gray) or [H, W, 3] (channels=3, RGB).
 
     ``image`` is BGR (or already gray); ``box`` is (x, y, w, h) in its pixels; ``size`` is an int or (H, W).
+    With ``eyes`` (the detector's right and left eye), the square is turned about the box centre so the eyes are
+    level, as the model's ``align: eyes`` metadata asks; pixels the turn brings in from outside the image repeat
+    the border.
     """
     if isinstance(box, Box):
         box = (box.x, box.y, box.w, box.h)
     out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    x0, y0, x1, y1 = square_box(box, margin, image.shape[1], image.shape[0])
-    region = image[y0:y1, x0:x1]
+    angle = eye_angle(eyes) if eyes is not None else 0.0
+    if eyes is not None and 0.5 <= abs(angle) <= MAX_ALIGN_DEGREES:
+        x, y, w, h = (float(v) for v in box)
+        side = max(2, int(round(max(w, h) * (1.0 + 2.0 * margin))))
+        rot = cv2.getRotationMatrix2D((x + w / 2.0, y + h / 2.0), angle, 1.0)
+        rot[:, 2] += side / 2.0 - np.array([x + w / 2.0, y + h / 2.0])  # the box centre lands mid-square
+        region = cv2.warpAffine(image, rot, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    else:
+        x0, y0, x1, y1 = square_box(box, margin, image.shape[1], image.shape[0])
+        region = image[y0:y1, x0:x1]
     if channels == 1:
         if region.ndim == 3:
             region = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
@@ -280,7 +306,8 @@ class EmotionPipeline:
             x0, y0 = max(0.0, d.x / scale), max(0.0, d.y / scale)
             x1, y1 = min(float(w), (d.x + d.w) / scale), min(float(h), (d.y + d.h) / scale)
             if min(x1 - x0, y1 - y0) >= self.min_face_size:
-                faces.append(Detection(x0, y0, x1 - x0, y1 - y0, d.score))
+                landmarks = tuple(v / scale for v in d.landmarks) if d.landmarks is not None else None
+                faces.append(Detection(x0, y0, x1 - x0, y1 - y0, d.score, landmarks))
         faces.sort(key=lambda d: d.w * d.h, reverse=True)
         return faces
 
@@ -294,7 +321,14 @@ class EmotionPipeline:
         if detections:
             crops = np.stack(
                 [
-                    crop_face(image_bgr, (d.x, d.y, d.w, d.h), spec.crop_margin, spec.input_size, spec.channels)
+                    crop_face(
+                        image_bgr,
+                        (d.x, d.y, d.w, d.h),
+                        spec.crop_margin,
+                        spec.input_size,
+                        spec.channels,
+                        d.eyes() if spec.align == "eyes" else None,
+                    )
                     for d in detections
                 ]
             )

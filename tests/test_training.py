@@ -479,10 +479,12 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     )
     margins = (0.0, 0.1, 0.25)
     results = measure_margin(exported["fer2013"], photos, yunet=None, margins=margins)
-    assert list(results) == list(margins)
+    assert list(results) == [("none", m) for m in margins]
     for r in results.values():
         assert r["photos"] == 4 and r["faces"] == 3  # Haar finds the astronaut three times, nothing in the blank
-        assert r["accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)
+        assert r["accuracy_detected"] in (0.0, 1 / 3, 2 / 3, 1.0)
+        assert r["accuracy"] == pytest.approx(r["accuracy_detected"] * 3 / 4)  # the blank photo counts as wrong
+        assert set(r["recall"]) == {"happy", "neutral"}
 
     # Through the CLI: the best margin is written into the file, with the whole search for the record.
     out = tmp_path / "emotion_fer2013.onnx"

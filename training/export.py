@@ -95,47 +95,72 @@ def set_metadata(path: str | Path, **values: str) -> None:
 
 
 def measure_margin(
-    model_path: str | Path, photos: str | Path, yunet: str | Path | None, margins: tuple[float, ...] = MARGINS
-) -> dict[float, dict]:
-    """End-to-end accuracy on labelled real photos per crop margin, through the server's own pipeline code.
+    model_path: str | Path,
+    photos: str | Path,
+    yunet: str | Path | None,
+    margins: tuple[float, ...] = MARGINS,
+    aligns: tuple[str, ...] = ("none",),
+) -> dict[tuple[str, float], dict]:
+    """End-to-end accuracy on labelled real photos per (alignment, crop margin), through the server's own pipeline
+    code (its detection on a downscaled copy, its crop, its classifier), with the recall of every class.
 
     Photos whose label the model does not have (e.g. contempt for a 7-class model) are skipped; the largest face is
-    the one judged.
+    the one judged; a photo where no face is found counts as wrong.
     """
     import cv2
 
     from server.classifier import EmotionClassifier  # the server's code, so the crop is exactly what it serves
     from server.detector import create_detector
-    from server.pipeline import crop_face
+    from server.pipeline import EmotionPipeline, crop_face
 
     photos = Path(photos)
     classifier = EmotionClassifier(model_path)
-    detector = create_detector("yunet" if yunet else "haar", yunet or "")
+    pipeline = EmotionPipeline(create_detector("yunet" if yunet else "haar", yunet or ""), classifier)
     with open(photos / "labels.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["emotion"] in classifier.labels]
-    boxes, images, truth = [], [], []
+    found, images, truth = [], [], []
     for r in rows:
         image = cv2.imread(str(photos / "images" / r["file"]))
-        faces = detector.infer(image) if image is not None else []
+        faces = pipeline.detect(image) if image is not None else []
         if not faces:
             continue
-        face = max(faces, key=lambda d: d.w * d.h)
-        boxes.append((face.x, face.y, face.w, face.h))
+        found.append(faces[0])  # largest first
         images.append(image)
         truth.append(classifier.labels.index(r["emotion"]))
     truth_arr = np.array(truth)
+    present = sorted(set(truth))
     results = {}
     spec = classifier.spec
-    for m in margins:
-        crops = np.stack(
-            [crop_face(img, box, m, spec.input_size, spec.channels) for img, box in zip(images, boxes, strict=True)]
-        )
-        pred = classifier.infer(crops).argmax(1)
-        results[m] = {"accuracy": float((pred == truth_arr).mean()), "faces": len(truth), "photos": len(rows)}
-        print(
-            f"margin {m:.2f}: accuracy {results[m]['accuracy']:.3f} on {len(truth)} detected faces "
-            f"({len(rows)} labelled photos)"
-        )
+    for align in aligns:
+        for m in margins:
+            crops = np.stack(
+                [
+                    crop_face(
+                        img,
+                        (d.x, d.y, d.w, d.h),
+                        m,
+                        spec.input_size,
+                        spec.channels,
+                        d.eyes() if align == "eyes" else None,
+                    )
+                    for img, d in zip(images, found, strict=True)
+                ]
+            )
+            pred = classifier.infer(crops).argmax(1)
+            correct = int((pred == truth_arr).sum())
+            recall = {classifier.labels[k]: round(float((pred[truth_arr == k] == k).mean()), 4) for k in present}
+            results[(align, m)] = {
+                "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
+                "accuracy_detected": correct / max(len(truth), 1),
+                "faces": len(truth),
+                "photos": len(rows),
+                "recall": recall,
+            }
+            print(
+                f"align {align:4} margin {m:.2f}: accuracy {results[(align, m)]['accuracy']:.3f} over "
+                f"{len(rows)} labelled photos ({len(truth)} with a face); recall "
+                + ", ".join(f"{k} {v:.2f}" for k, v in recall.items())
+            )
     return results
 
 
@@ -158,6 +183,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "../shared/datasets/faces-in-the-wild, to choose the crop margin",
     )
     p.add_argument("--yunet", default=None, help="YuNet model for the margin measurement (Haar if absent)")
+    p.add_argument(
+        "--align",
+        choices=["auto", "none", "eyes"],
+        default="auto",
+        help="turn crops so the eyes are level (YuNet landmarks); auto: measure both on --photos and keep the "
+        "better (default auto; 'none' without --photos)",
+    )
     p.add_argument("--version", default="1")
     p.set_defaults(func=run)
 
@@ -174,13 +206,25 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.photos:
         yunet = args.yunet if args.yunet and Path(args.yunet).exists() else None
-        results = measure_margin(path, args.photos, yunet)
-        best = max(results, key=lambda m: results[m]["accuracy"])
+        aligns = (
+            ("none", "eyes") if args.align == "auto" and yunet else (args.align if args.align != "auto" else "none",)
+        )
+        results = measure_margin(path, args.photos, yunet, aligns=aligns)
+        align, margin = max(results, key=lambda k: results[k]["accuracy"])
         set_metadata(
             path,
-            crop_margin=f"{best:g}",
-            margin_search=json.dumps({f"{m:g}": round(r["accuracy"], 4) for m, r in results.items()}),
+            crop_margin=f"{margin:g}",
+            align=align,
+            margin_search=json.dumps(
+                {
+                    f"{a}/{m:g}" if len(aligns) > 1 else f"{m:g}": round(r["accuracy"], 4)
+                    for (a, m), r in results.items()
+                }
+            ),
+            photo_recall=json.dumps(results[(align, margin)]["recall"]),
         )
-        print(f"chosen crop margin {best:g} (accuracy {results[best]['accuracy']:.3f})")
+        print(f"chosen: align {align}, crop margin {margin:g} (accuracy {results[(align, margin)]['accuracy']:.3f})")
+    elif args.align == "eyes":
+        set_metadata(path, align="eyes")
     print(f"wrote {path}")
     return 0

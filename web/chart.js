@@ -7,7 +7,7 @@ import { labelColour, percent, renderLegend } from './emotions.js';
 const MIN_BAR_PX = 2;
 
 // Draws points [{t, width, shares}] into `area` ({x, y, width, height}, CSS pixels) of a 2D context.
-// range: [t0, t1] seconds on the x axis; categories: stacking order, bottom first.
+// range: [t0, t1] seconds on the x axis; categories: stacking order, bottom first. Returns the plot's rectangle.
 export function drawShares(ctx, area, points, range, categories, labels, textColour = '#555') {
   const left = area.x + 38;
   const top = area.y + 8;
@@ -55,6 +55,7 @@ export function drawShares(ctx, area, points, range, categories, labels, textCol
     }
   }
   ctx.restore();
+  return { left, top, width: plotW, height: plotH, t0, t1 };
 }
 
 // Averages neighbouring buckets into bins at least MIN_BAR_PX wide (each bucket weighs the same, as in the summary).
@@ -120,7 +121,10 @@ export class ShareChart {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, height);
     const area = { x: 0, y: 0, width, height };
-    drawShares(ctx, area, this.points, this.range, this.categories, this.labels, getComputedStyle(canvas).color);
+    const plot = drawShares(ctx, area, this.points, this.range, this.categories, this.labels,
+      getComputedStyle(canvas).color);
+    // Where the bars are, in CSS pixels and seconds: for tests and for anyone inspecting the page.
+    canvas.dataset.plot = JSON.stringify(plot);
   }
 }
 

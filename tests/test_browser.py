@@ -221,7 +221,7 @@ def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
     emotion = page.inner_text("#image-faces li").split()[0]
     colours = legend_colours(page, "#timeline-legend")
     assert emotion in colours
-    assert colour_pixels(canvas_pixels(page, "#image-canvas"), colours[emotion]) > 200
+    assert canvas_colour_pixels(page, "#image-canvas", colours[emotion]) > 200
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#image-panel").screenshot(path=str(ARTIFACTS / "image-upload.png"))
 
@@ -284,13 +284,27 @@ def css_rgb(value: str) -> tuple[int, int, int]:
     return r, g, b
 
 
-def canvas_pixels(page, selector: str) -> np.ndarray:
-    """A canvas's backing store as an RGB array."""
-    width, height, rgba = page.evaluate(
-        f"""() => {{ const c = document.querySelector('{selector}');
-            return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]; }}"""
+def canvas_pixels(page, selector: str, x: int = 0, width: int | None = None) -> np.ndarray:
+    """A canvas's backing store (or the columns from x, width wide) as an RGB array."""
+    height, rgba = page.evaluate(
+        """([selector, x, width]) => { const c = document.querySelector(selector);
+            const data = c.getContext('2d').getImageData(x, 0, width ?? c.width, c.height).data;
+            return [c.height, Array.from(data)]; }""",
+        [selector, x, width],
     )
-    return np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3]
+    return np.array(rgba, np.uint8).reshape(height, -1, 4)[..., :3]
+
+
+def canvas_colour_pixels(page, selector: str, rgb: tuple[int, int, int]) -> int:
+    """How many pixels of a canvas are exactly `rgb` (counted in the page: a canvas is too big to ship whole)."""
+    return page.evaluate(
+        """([selector, [r, g, b]]) => { const c = document.querySelector(selector);
+            const p = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < p.length; i += 4) n += p[i] === r && p[i + 1] === g && p[i + 2] === b;
+            return n; }""",
+        [selector, list(rgb)],
+    )
 
 
 def colour_pixels(image: np.ndarray, rgb: tuple[int, int, int]) -> int:
@@ -313,7 +327,6 @@ def check_timeline_and_summary(
 ) -> dict[str, float]:
     """Each bucket's bar, read from the chart's pixels, splits as `buckets` says (to a pixel of rounding), the
     summary's bars show the average of the buckets' shares, in the legend's colours. Returns the summary."""
-    pixels = canvas_pixels(page, chart)
     plot = json.loads(page.get_attribute(chart, "data-plot"))
     dpr = page.evaluate("window.devicePixelRatio")
     span = plot["t1"] - plot["t0"]
@@ -322,7 +335,7 @@ def check_timeline_and_summary(
     for second, counts in buckets.items():
         frames = sum(counts.values())
         x = plot["left"] + (second + 0.5 - plot["t0"]) / span * plot["width"]
-        column = pixels[top : top + height + 1, round(x * dpr)]
+        column = canvas_pixels(page, chart, round(x * dpr), 1)[top : top + height + 1, 0]
         for category, rgb in colours.items():
             share = counts[category] / frames
             expected[category] += share / len(buckets)

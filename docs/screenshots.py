@@ -133,8 +133,13 @@ def main() -> None:
                 page.click("#camera-toggle")
                 page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''")
                 page.wait_for_timeout(args.seconds * 1000)
-                if mobile:  # the camera and its boxes, below the header and the notes
-                    page.evaluate("document.getElementById('live').scrollIntoView()")
+                # Shoot 1.5 s into the two-face part of the loop, away from a cut (boxes lag the picture by a frame).
+                faces = "document.getElementById('current-labels').dataset.labels.split(',').filter(Boolean).length"
+                page.wait_for_function(f"{faces} !== 2", timeout=15_000)
+                page.wait_for_function(f"{faces} === 2", timeout=15_000)
+                page.wait_for_timeout(1500)
+                # The camera panel at the top (below the header and the notes): boxes, gauges, timeline, summary.
+                page.evaluate("window.scrollTo(0, document.getElementById('live').offsetTop - 8)")
                 save_small_png(page.screenshot(), args.out / f"page-{name}.png")
                 if not mobile:
                     with page.expect_download() as download:

@@ -49,10 +49,6 @@ export class Session {
     });
   }
 
-  get frames() {
-    return this.shares.summary().frames;
-  }
-
   elapsedSeconds(nowMs) {
     return this.startedAt === null ? 0 : (nowMs - this.startedAt) / 1000;
   }

@@ -334,6 +334,27 @@ async def model_info(request: Request) -> ModelInfo:
     )
 
 
+MODEL_CARD_NAME = "MODEL_CARD.md"
+
+
+@router.get(
+    "/model/card",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The model card, Markdown as plain text"},
+        404: {"model": ErrorResponse, "description": "No model card beside the model file"},
+    },
+    summary="The model card: how the model was made, how well it does, what its labels mean",
+)
+async def model_card(request: Request) -> PlainTextResponse:
+    # The card lives beside the model file it describes; a model of one's own has no card unless one is put there.
+    pipeline: EmotionPipeline = request.app.state.pipeline
+    card = Path(pipeline.classifier.path).parent / MODEL_CARD_NAME
+    if not card.is_file():
+        raise StarletteHTTPException(404, f"no {MODEL_CARD_NAME} beside the model file {pipeline.classifier.path.name}")
+    return PlainTextResponse(card.read_text(encoding="utf-8"), media_type="text/plain; charset=utf-8")
+
+
 @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
 async def healthz() -> HealthResponse:
     return HealthResponse()

@@ -161,6 +161,22 @@ def test_model_health_ready(client: httpx.Client, model_path: Path) -> None:
     assert ready["ready"] is True and ready["detector"] == "haar"
 
 
+def test_model_card_is_the_one_beside_the_model(client: httpx.Client, model_path: Path, tmp_path: Path) -> None:
+    card = model_path.parent / "MODEL_CARD.md"
+    r = client.get("/model/card")
+    if card.is_file():
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        assert r.text == card.read_text(encoding="utf-8")
+    else:
+        assert r.status_code == 404
+    # A model of one's own, with no card beside it: 404 naming what is missing, not the shipped models' card.
+    own = tmp_path / "emotion_mine.onnx"
+    own.write_bytes(model_path.read_bytes())
+    with LiveServer(create_app(make_settings(own, "haar"))) as server:
+        r = httpx.get(f"{server.url}/model/card", timeout=30)
+    assert r.status_code == 404 and "MODEL_CARD.md" in r.json()["detail"]
+
+
 def test_metrics_count_requests(client: httpx.Client, astronaut_jpeg: bytes) -> None:
     client.post("/predict", content=astronaut_jpeg, headers={"content-type": "image/jpeg"})
     client.post("/predict", content=b"", headers={"content-type": "image/jpeg"})

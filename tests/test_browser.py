@@ -2,6 +2,11 @@
 
 The camera is a .y4m clip of the astronaut photo built here; the page is served by a real uvicorn on loopback and
 streams frames over WS /ws. Skips, saying why, where Chromium or Playwright is missing.
+
+What is drawn is checked in the canvases' pixels: one colour per expression (the legend's) on boxes, charts and
+summary bars; each timeline bar split as the per-second shares recomputed here from the CSV (live) or from the
+API's answer for the same video; the summary equal to the average of the bars and, for a video, to the server's
+summary.
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
+import httpx
+import numpy as np
 import pytest
 from conftest import LiveServer, make_settings
 from y4m import astronaut_frame, jpeg, write_y4m
@@ -41,10 +49,8 @@ def playwright() -> Iterator[object]:
         yield playwright
 
 
-@pytest.fixture(scope="module")
-def browser(playwright, camera_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Chromium with a fresh, empty profile and the clip as its camera."""
-    args = [
+def chromium_args(clip: Path) -> list[str]:
+    return [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -54,14 +60,20 @@ def browser(playwright, camera_clip: Path, tmp_path_factory: pytest.TempPathFact
         "--disable-sync",
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera_clip}",
+        f"--use-file-for-fake-video-capture={clip}",
     ]
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, camera_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Chromium with a fresh, empty profile and the clip as its camera."""
     context = playwright.chromium.launch_persistent_context(
         str(tmp_path_factory.mktemp("profile")),
         executable_path=CHROMIUM,
         headless=True,
-        args=args,
+        args=chromium_args(camera_clip),
         viewport={"width": 1280, "height": 1000},
+        accept_downloads=True,
     )
     try:
         yield context
@@ -90,40 +102,109 @@ def page(browser, live_server) -> Iterator[object]:
         yield page
 
 
+NO_FACE = "no face"
+
+
 def test_live_page_labels_the_face(page) -> None:
     labels = page.evaluate("fetch('/model').then(r => r.json()).then(m => m.labels)")
     assert "never stored" in page.inner_text(".privacy-notice")
 
     page.click("#camera-toggle")
     page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
-    shown = page.get_attribute("#current-labels", "data-labels").split(",")
-    assert len(shown) == 1 and shown[0] in labels, shown
     page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
     assert page.inner_text("#stat-fps") != "–"
     assert page.inner_text("#stat-rtt").endswith("ms")
     assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
-    assert "Dominant emotion" in page.inner_text("#summary-text")
-    assert page.is_enabled("#csv-download")
+    assert page.inner_text("#summary-text").startswith("Face 1 showed ")
+    assert page.is_enabled("#csv-download") and page.is_enabled("#report-download")
 
-    check_overlay_alignment(page)
+    # The box, its colour and the "Current:" line describe the face the same way (the photo is still, so the
+    # label holds from frame to frame).
+    shown = page.get_attribute("#current-labels", "data-labels").split(",")
+    assert len(shown) == 1 and shown[0] in labels, shown
+    assert page.inner_text("#current-labels").startswith(f"1: {shown[0]} ")
+    colours = legend_colours(page, "#timeline-legend")
+    assert list(colours) == [*labels, NO_FACE]
+    assert len(set(colours.values())) == len(colours), "two categories share a colour"
+    check_overlay_alignment(page, colours[shown[0]])
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+
+    page.click("#camera-toggle")
+    assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+    assert page.get_attribute("#current-labels", "data-labels") == ""
 
     csv = download_csv(page)
     header = csv.splitlines()[0].split(",")
     assert header[:5] == ["time_s", "timestamp", "frame_id", "face_index", "emotion"]
     assert [f"p_{label}" for label in labels] == header[-len(labels) :]
     rows = [line.split(",") for line in csv.splitlines()[1:]]
-    assert len(rows) >= 2
-    for row in rows:
+    faces = [row for row in rows if row[3] != ""]
+    assert len(faces) >= 2
+    for row in faces:
         assert row[4] in labels and row[3] == "0"  # one face, index 0
         probabilities = [float(p) for p in row[-len(labels) :]]
         assert abs(sum(probabilities) - 1) < 0.01 and row[4] == labels[probabilities.index(max(probabilities))]
+    check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv), colours)
 
-    page.click("#camera-toggle")
-    assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
-    assert page.get_attribute("#current-labels", "data-labels") == ""
+    report = download_png(page, "#report-download")
+    assert report.shape[1] == 1200 and 600 <= report.shape[0] <= 1400, report.shape
+    # The report's chart shows the session's expression in its colour, over a good part of the image.
+    assert colour_pixels(report, colours[shown[0]]) > 20_000
+
+
+def test_live_timeline_shows_no_face_stretches_on_a_phone(
+    playwright, live_server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A camera that shows a face for a second, then an empty picture for a second, on a 390x844 phone screen:
+    the timeline draws each second's split between the expression and grey "no face" as the CSV says, and the
+    summary is the average of those bars."""
+    face = astronaut_frame(640, 480)
+    empty = np.full_like(face, 96)
+    clip = write_y4m(tmp_path_factory.mktemp("camera") / "blinking.y4m", [face] * 10 + [empty] * 10, fps=10)
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("profile")),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=chromium_args(clip),
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        accept_downloads=True,
+    )
+    try:
+        with open_page(context, live_server.url) as page:
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page scrolls sideways"
+            page.click("#camera-toggle")
+            page.wait_for_function(
+                """() => { const bars = [...document.querySelectorAll('#summary-bars .bar')];
+                    return bars.length && Number(bars.at(-1).dataset.share) > 0
+                        && Number(document.getElementById('timeline').dataset.points) >= 4; }""",
+                timeout=20_000,
+            )
+            page.click("#camera-toggle")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            for selector in ("#video", "#timeline", "#summary-bars"):
+                box = page.locator(selector).bounding_box()
+                assert box and box["width"] > 200 and box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
+            colours = legend_colours(page, "#timeline-legend")
+            shares = csv_shares(download_csv(page))
+            summary = check_timeline_and_summary(page, "#timeline", "#summary-bars", shares, colours)
+            assert 0.2 < summary[NO_FACE] < 0.8, summary
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "live-phone.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_page_says_what_a_label_is(page) -> None:
+    note = page.inner_text(".labels-note")
+    assert "facial expression" in note and "not what the person feels" in note
+    assert "AI Act" in note and "workplace" in note and "education" in note
+    card = page.request.get(page.locator("#model-card-link").evaluate("a => a.href"))
+    assert card.status == 200 and card.headers["content-type"].startswith("text/plain")
+    assert card.text().startswith("# Model card")
 
 
 def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
@@ -136,32 +217,147 @@ def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
     assert page.is_visible("#image-canvas")
     assert page.evaluate("document.getElementById('image-canvas').width") == 512
     assert page.locator("#image-faces li").count() == 1
+    # The box on the picture is in its expression's colour, the one the legends use.
+    emotion = page.inner_text("#image-faces li").split()[0]
+    colours = legend_colours(page, "#timeline-legend")
+    assert emotion in colours
+    assert canvas_colour_pixels(page, "#image-canvas", colours[emotion]) > 200
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#image-panel").screenshot(path=str(ARTIFACTS / "image-upload.png"))
 
 
-def test_video_upload_streams_a_chart(page, live_server, tmp_path: Path) -> None:
+def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: Path) -> None:
+    """A real video (face, face, nothing, face): the bars drawn, the page's summary and the summary of
+    POST /predict/video for the same file tell the same story."""
     if "/predict/video" not in live_server.app.openapi()["paths"]:
         pytest.skip("this build has no POST /predict/video route")
     clip = tmp_path / "astronaut.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
-    frame = cv2.cvtColor(astronaut_frame(640, 480), cv2.COLOR_RGB2BGR)
-    for _ in range(30):  # 3 s
-        writer.write(frame)
+    face = cv2.cvtColor(astronaut_frame(640, 480), cv2.COLOR_RGB2BGR)
+    empty = np.full_like(face, 96)
+    for picture in (face, face, empty, face):  # 4 s
+        for _ in range(10):
+            writer.write(picture)
     writer.release()
+
+    with clip.open("rb") as f:
+        answer = httpx.post(f"{live_server.url}/predict/video", files={"file": f}, timeout=60).json()
+    assert [len(f["faces"]) > 0 for f in answer["frames"]] == [True, True, False, True]
+    server = answer["summary"]
+    expected = {label: p * server["with_face"] / server["sampled"] for label, p in server["emotion_share"].items()}
+    expected[NO_FACE] = server["without_face"] / server["sampled"]
+
     page.set_input_files("#video-file", str(clip))
     page.click("#video-form button[type=submit]")
     page.wait_for_function("document.getElementById('video-status').textContent.startsWith('Done')", timeout=30_000)
-    assert int(page.get_attribute("#video-chart", "data-points")) == 3
-    assert page.inner_text("#video-summary").startswith("Dominant emotion")
-    assert page.locator("#video-bars .bar").count() >= 7
+    assert int(page.get_attribute("#video-chart", "data-points")) == 4
+    colours = legend_colours(page, "#video-legend")
+    per_sample = {
+        round(f["t"]): Counter([f["faces"][0]["emotion"] if f["faces"] else NO_FACE]) for f in answer["frames"]
+    }
+    summary = check_timeline_and_summary(page, "#video-chart", "#video-bars", per_sample, colours)
+    assert set(summary) == set(expected)
+    for category, share in expected.items():
+        assert summary[category] == pytest.approx(share, abs=1e-9), category
+    dominant = server["dominant_emotion"]
+    assert page.inner_text("#video-summary").startswith(f"Face 1 showed {dominant} most: 75% ")
+
+    report = download_png(page, "#video-report")
+    assert report.shape[1] == 1200 and report.shape[0] >= 600
+    assert colour_pixels(report, colours[NO_FACE]) > 5_000 and colour_pixels(report, colours[dominant]) > 5_000
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#video-panel").screenshot(path=str(ARTIFACTS / "video-upload.png"))
 
 
-def check_overlay_alignment(page) -> None:
+def legend_colours(page, legend: str) -> dict[str, tuple[int, int, int]]:
+    """Category -> RGB of its swatch, in legend order."""
+    items = page.evaluate(
+        f"""[...document.querySelectorAll('{legend} li')].map(li =>
+            [li.textContent, getComputedStyle(li.querySelector('.swatch')).backgroundColor])"""
+    )
+    return {name: css_rgb(rgb) for name, rgb in items}
+
+
+def css_rgb(value: str) -> tuple[int, int, int]:
+    """'rgb(1, 2, 3)' -> (1, 2, 3)."""
+    r, g, b = (int(v) for v in value[value.index("(") + 1 : -1].split(",")[:3])
+    return r, g, b
+
+
+def canvas_pixels(page, selector: str, x: int = 0, width: int | None = None) -> np.ndarray:
+    """A canvas's backing store (or the columns from x, width wide) as an RGB array."""
+    height, rgba = page.evaluate(
+        """([selector, x, width]) => { const c = document.querySelector(selector);
+            const data = c.getContext('2d').getImageData(x, 0, width ?? c.width, c.height).data;
+            return [c.height, Array.from(data)]; }""",
+        [selector, x, width],
+    )
+    return np.array(rgba, np.uint8).reshape(height, -1, 4)[..., :3]
+
+
+def canvas_colour_pixels(page, selector: str, rgb: tuple[int, int, int]) -> int:
+    """How many pixels of a canvas are exactly `rgb` (counted in the page: a canvas is too big to ship whole)."""
+    return page.evaluate(
+        """([selector, [r, g, b]]) => { const c = document.querySelector(selector);
+            const p = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < p.length; i += 4) n += p[i] === r && p[i + 1] === g && p[i + 2] === b;
+            return n; }""",
+        [selector, list(rgb)],
+    )
+
+
+def colour_pixels(image: np.ndarray, rgb: tuple[int, int, int]) -> int:
+    return int(np.all(image == np.array(rgb, np.uint8), axis=-1).sum())
+
+
+def csv_shares(csv: str) -> dict[int, Counter]:
+    """Second -> Counter of face 1's expression (or "no face") over that second's frames, from the page's CSV."""
+    header = csv.splitlines()[0].split(",")
+    seconds: dict[int, Counter] = defaultdict(Counter)
+    for line in csv.splitlines()[1:]:
+        row = dict(zip(header, line.split(","), strict=True))
+        if row["face_index"] in ("", "0"):
+            seconds[int(float(row["time_s"]))][row["emotion"] or NO_FACE] += 1
+    return seconds
+
+
+def check_timeline_and_summary(
+    page, chart: str, bars: str, buckets: dict[int, Counter], colours: dict[str, tuple[int, int, int]]
+) -> dict[str, float]:
+    """Each bucket's bar, read from the chart's pixels, splits as `buckets` says (to a pixel of rounding), the
+    summary's bars show the average of the buckets' shares, in the legend's colours. Returns the summary."""
+    plot = json.loads(page.get_attribute(chart, "data-plot"))
+    dpr = page.evaluate("window.devicePixelRatio")
+    span = plot["t1"] - plot["t0"]
+    top, height = round(plot["top"] * dpr), round(plot["height"] * dpr)
+    expected: Counter = Counter()
+    for second, counts in buckets.items():
+        frames = sum(counts.values())
+        x = plot["left"] + (second + 0.5 - plot["t0"]) / span * plot["width"]
+        column = canvas_pixels(page, chart, round(x * dpr), 1)[top : top + height + 1, 0]
+        for category, rgb in colours.items():
+            share = counts[category] / frames
+            expected[category] += share / len(buckets)
+            drawn = colour_pixels(column, rgb) / height
+            assert drawn == pytest.approx(share, abs=2.5 / height), (second, category, drawn, share)
+    rows = page.evaluate(
+        f"[...document.querySelectorAll('{bars} .bar')].map(b => [b.dataset.category, b.dataset.share])"
+    )
+    shown = {category: float(share) for category, share in rows}
+    assert list(shown) == list(colours)
+    for category in colours:
+        assert shown[category] == pytest.approx(expected[category], abs=1e-9), category
+    fills = page.evaluate(
+        f"[...document.querySelectorAll('{bars} .bar-fill')].map(f => getComputedStyle(f).backgroundColor)"
+    )
+    assert [css_rgb(f) for f in fills] == list(colours.values())
+    return shown
+
+
+def check_overlay_alignment(page, colour: tuple[int, int, int]) -> None:
     """The box drawn on the overlay lies on the face as displayed: computed here from the frame's box, the video
-    element's CSS box and the (mirrored) preview, independently of overlay.js."""
+    element's CSS box and the (mirrored) preview, independently of overlay.js; its edges are in `colour`."""
     frame = json.loads(page.get_attribute("#overlay", "data-frame"))
     layout = page.evaluate("""() => {
         const v = document.getElementById('video');
@@ -179,21 +375,27 @@ def check_overlay_alignment(page) -> None:
     x, y, w, h = ox + box["x"] * s, oy + box["y"] * s, box["w"] * s, box["h"] * s
     x = layout["w"] - x - w  # mirrored preview
 
-    def alpha(px: float, py: float) -> int:
-        return page.evaluate(
+    def pixels(px: float, py: float) -> np.ndarray:
+        """The overlay's 3x3 RGBA pixels around a point given in CSS pixels."""
+        rgba = page.evaluate(
             """([x, y]) => {
             const c = document.getElementById('overlay');
             const d = window.devicePixelRatio || 1;
             const p = c.getContext('2d').getImageData(Math.round(x * d) - 1, Math.round(y * d) - 1, 3, 3).data;
-            let a = 0;
-            for (let i = 3; i < p.length; i += 4) a = Math.max(a, p[i]);
-            return a;
+            return Array.from(p);
         }""",
             [px, py],
         )
+        return np.array(rgba, np.int32).reshape(-1, 4)
+
+    def alpha(px: float, py: float) -> int:
+        return int(pixels(px, py)[:, 3].max())
 
     for px, py in [(x, y + h / 2), (x + w, y + h / 2), (x + w / 2, y + h), (x + w / 2, y)]:
         assert alpha(px, py) > 0, f"no box edge drawn at ({px:.0f}, {py:.0f}) of the overlay"
+        opaque = pixels(px, py)
+        opaque = opaque[opaque[:, 3] == 255, :3]
+        assert (np.abs(opaque - np.array(colour)).max(axis=1) <= 2).any(), f"box edge not in {colour}: {opaque}"
     assert alpha(x + w / 2, y + h / 2) == 0, "the face centre should be left clear"
     # Where the box would be without mirroring there is no edge (the face is off-centre in the photo).
     unmirrored_left = layout["w"] - (x + w)
@@ -204,7 +406,20 @@ def check_overlay_alignment(page) -> None:
 def download_csv(page) -> str:
     with page.expect_download() as info:
         page.click("#csv-download")
+    assert info.value.suggested_filename.endswith(".csv")
     return Path(info.value.path()).read_text()
+
+
+def download_png(page, button: str) -> np.ndarray:
+    """Clicks a "Save report" button; the download must be a PNG that decodes. Returns it as RGB."""
+    with page.expect_download() as info:
+        page.click(button)
+    assert info.value.suggested_filename.endswith(".png")
+    data = Path(info.value.path()).read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "the report does not decode"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def test_busy_server_is_shown_and_the_page_reconnects(browser, model_path) -> None:

@@ -1,10 +1,13 @@
 // Wires the page: model info, live camera stream, timeline, session summary, upload panels.
 
 import { Camera, CameraError } from './camera.js';
-import { percent } from './emotions.js';
+import { ShareChart } from './chart.js';
+import { faceCaption, labelColour } from './emotions.js';
 import { LiveClient } from './live.js';
-import { FaceOverlay } from './overlay.js';
-import { renderBars, Session, StackedChart } from './timeline.js';
+import { drawAffectGauge, FaceOverlay } from './overlay.js';
+import { download, fileStamp, localTime, saveReport } from './report.js';
+import { Session } from './session.js';
+import { renderSummaryBars, summarySentence } from './summary.js';
 import { setupImagePanel, setupVideoPanel } from './upload.js';
 
 // The timeline shows the last two minutes; a young session gets a 30 s axis so its first seconds are visible.
@@ -31,12 +34,14 @@ const elements = {
   summaryText: $('summary-text'),
   summaryBars: $('summary-bars'),
   csv: $('csv-download'),
+  report: $('report-download'),
   reset: $('session-reset'),
 };
 
 let labels = [];
+let modelDescription = '';
 const session = new Session();
-const timeline = new StackedChart($('timeline'), $('timeline-legend'));
+const timeline = new ShareChart($('timeline'), $('timeline-legend'));
 const overlay = new FaceOverlay(elements.overlay, elements.video);
 const camera = new Camera(elements.video);
 const resultTimes = [];
@@ -63,7 +68,8 @@ async function loadModelInfo() {
       meta.version ? `version ${meta.version}` : null,
       info.detector ? `face detector: ${info.detector}` : null,
     ].filter(Boolean);
-    elements.modelInfo.textContent = parts.length ? `Model: ${parts.join(' · ')}` : '';
+    modelDescription = parts.join(' · ');
+    elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
   } catch (error) {
     elements.modelInfo.textContent = `Model information unavailable (${error.message}).`;
   }
@@ -73,7 +79,8 @@ async function loadModelInfo() {
 function applyLabels(newLabels) {
   labels = newLabels;
   session.setLabels(labels);
-  timeline.setLabels(labels);
+  timeline.setCategories(session.shares.categories, labels);
+  overlay.setLabels(labels);
   renderSummary();
 }
 
@@ -107,11 +114,26 @@ function updateStats(now, result, rtt) {
   }
   elements.server.textContent = `${Math.round(result.server_ms)} ms`;
   elements.faces.textContent = String(result.faces.length);
-  const current = result.faces.map((f) => f.emotion);
-  elements.currentLabels.dataset.labels = current.join(',');
-  elements.currentLabels.textContent = result.faces.length
-    ? result.faces.map((f, i) => `${i + 1}: ${f.emotion} ${percent(f.confidence)}`).join(' · ')
-    : 'no face';
+  showCurrent(result.faces);
+}
+
+// "1: happy 91% · 2: neutral 60%", each with its box's colour, numbered as the boxes are.
+function showCurrent(faces) {
+  elements.currentLabels.dataset.labels = faces.map((f) => f.emotion).join(',');
+  if (!faces.length) {
+    elements.currentLabels.textContent = 'no face';
+    return;
+  }
+  const parts = faces.flatMap((face, i) => {
+    const swatch = document.createElement('span');
+    swatch.className = 'swatch';
+    swatch.style.background = labelColour(face.emotion, labels);
+    const item = document.createElement('span');
+    item.className = 'current-face';
+    item.append(swatch, document.createTextNode(faceCaption(face, i)));
+    return i ? [document.createTextNode(' · '), item] : [item];
+  });
+  elements.currentLabels.replaceChildren(...parts);
 }
 
 function redrawTimeline() {
@@ -121,32 +143,48 @@ function redrawTimeline() {
   const span = Math.min(TIMELINE_WINDOW_S, Math.max(TIMELINE_MIN_WINDOW_S, Math.ceil(elapsed)));
   const end = Math.max(span, Math.ceil(elapsed));
   const start = end - span;
-  timeline.update(session.series(Math.floor(start), Math.ceil(end)), [start, end]);
+  timeline.update(session.shares.points(Math.floor(start), Math.ceil(end)), [start, end]);
   renderSummary();
 }
 
 function renderSummary() {
-  const { frames, faceFrames, distribution, dominant } = session.summary();
+  const summary = session.shares.summary();
   elements.csv.disabled = session.rows.length === 0;
-  if (!faceFrames) {
-    elements.summaryText.textContent = frames
-      ? `${frames} frames analysed, no faces found yet.`
-      : 'No faces analysed yet.';
-    renderBars(elements.summaryBars, distribution, labels);
-    return;
-  }
-  const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 face rows.' : '';
-  elements.summaryText.textContent =
-    `Dominant emotion: ${dominant.label} (${percent(dominant.share)} of ${faceFrames} face detections ` +
-    `over ${frames} frames).${truncated}`;
-  renderBars(elements.summaryBars, distribution, labels);
+  elements.report.disabled = summary.buckets === 0;
+  const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 rows.' : '';
+  elements.summaryText.textContent = summarySentence(summary) + truncated;
+  renderSummaryBars(elements.summaryBars, summary, session.shares.categories, labels);
+}
+
+// The whole session (not only the last two minutes) as a PNG.
+function saveSessionReport() {
+  const summary = session.shares.summary();
+  const points = session.shares.points();
+  const end = points.length ? points[points.length - 1].t + 1 : 1;
+  const from = new Date(session.startedWallMs ?? Date.now());
+  const to = new Date(session.lastWallMs ?? Date.now());
+  return saveReport({
+    title: 'Facial-expression session report',
+    details: [
+      `Live camera session, ${localTime(from)} – ${localTime(to).slice(11)} (local time); ` +
+        `${summary.frames} frames analysed over ${summary.buckets} seconds.`,
+      ...(modelDescription ? [`Model: ${modelDescription}`] : []),
+      `Made with ${window.location.origin}/`,
+    ],
+    points,
+    range: [0, Math.max(end, 10)],
+    categories: session.shares.categories,
+    labels,
+    summary,
+    fileStem: `emotion-session-${fileStamp(from)}`,
+  });
 }
 
 function resetStats() {
   resultTimes.length = 0;
   rttAverage = null;
   for (const el of [elements.fps, elements.rtt, elements.server, elements.faces]) el.textContent = '–';
-  elements.currentLabels.textContent = '–';
+  elements.currentLabels.replaceChildren('–');
   elements.currentLabels.dataset.labels = '';
 }
 
@@ -199,16 +237,12 @@ elements.maxFaces.addEventListener('change', () => {
 });
 
 elements.csv.addEventListener('click', () => {
-  const blob = new Blob([session.csv()], { type: 'text/csv' });
-  const url = URL.createObjectURL(blob);
-  const link = document.createElement('a');
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
-  link.href = url;
-  link.download = `emotion-session-${stamp}.csv`;
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
+  const stamp = fileStamp(new Date(session.startedWallMs ?? Date.now()));
+  download(new Blob([session.csv()], { type: 'text/csv' }), `emotion-session-${stamp}.csv`);
+});
+
+elements.report.addEventListener('click', () => {
+  saveSessionReport().catch((error) => setStatus(`Could not save the report: ${error.message}`, 'error'));
 });
 
 elements.reset.addEventListener('click', () => {
@@ -217,8 +251,11 @@ elements.reset.addEventListener('click', () => {
   redrawTimeline();
 });
 
-setupImagePanel();
-setupVideoPanel(() => labels);
+// The gauge's legend is the gauge itself, drawn for valence +0.6 and arousal -0.3.
+drawAffectGauge($('affect-legend').getContext('2d'), 0, 0, 120, 0.6, -0.3, 16);
+
+setupImagePanel(() => labels);
+setupVideoPanel(() => labels, () => modelDescription);
 loadModelInfo().then(() => {
   timelineDirty = true;
   redrawTimeline();

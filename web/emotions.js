@@ -1,53 +1,49 @@
-// Colours and label helpers shared by the live overlay, the charts and the upload panels.
+// The page's colour language and face captions, shared by the boxes, the charts, the summaries and the report.
 // Labels come from GET /model, so FER2013 (7 classes) and FER+ (8 classes) names both map here.
+//
+// One colour per expression, everywhere. The palette is Okabe & Ito's colour-blind-safe set (plus a wine red for
+// the ninth colour); grey is kept for "no face", so no expression is grey.
+
+export const NO_FACE = 'no face';
+export const NO_FACE_COLOUR = '#bdbdbd';
 
 const NAMED_COLOURS = {
-  neutral: '#9aa0a6',
-  happiness: '#2e9d4f', happy: '#2e9d4f',
-  surprise: '#f2b233', surprised: '#f2b233',
-  sadness: '#3f6fd1', sad: '#3f6fd1',
-  anger: '#d93025', angry: '#d93025',
-  disgust: '#7b8b2a', disgusted: '#7b8b2a',
-  fear: '#8e44ad', fearful: '#8e44ad',
-  contempt: '#b5651d',
+  neutral: '#56b4e9',
+  happiness: '#e69f00', happy: '#e69f00',
+  surprise: '#f0e442', surprised: '#f0e442',
+  sadness: '#0072b2', sad: '#0072b2',
+  anger: '#d55e00', angry: '#d55e00',
+  disgust: '#009e73', disgusted: '#009e73',
+  fear: '#cc79a7', fearful: '#cc79a7',
+  contempt: '#882255',
 };
 
-// Fallback for labels a future model might add.
-const SPARE_COLOURS = ['#00897b', '#c2185b', '#5d4037', '#455a64', '#ef6c00', '#6a1b9a'];
+// For labels a future model might add.
+const SPARE_COLOURS = ['#6a3d9a', '#b15928', '#1f78b4', '#33a02c', '#000000', '#fb9a99'];
 
 export function labelColour(label, labels = []) {
+  if (label === NO_FACE) return NO_FACE_COLOUR;
   const key = String(label).toLowerCase();
   if (key in NAMED_COLOURS) return NAMED_COLOURS[key];
   const index = Math.max(0, labels.indexOf(label));
   return SPARE_COLOURS[index % SPARE_COLOURS.length];
 }
 
-const RED = [214, 48, 39];
-const GREY = [150, 150, 150];
-const GREEN = [34, 170, 76];
-
-// Valence in [-1, 1]: red when negative, grey at zero, green when positive.
-export function valenceColour(valence) {
-  const v = Number.isFinite(valence) ? Math.max(-1, Math.min(1, valence)) : 0;
-  const target = v < 0 ? RED : GREEN;
-  const t = Math.abs(v);
-  const rgb = GREY.map((g, i) => Math.round(g + (target[i] - g) * t));
-  return `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
+// Black or white, whichever reads better on a background colour given as #rrggbb.
+export function textColourOn(hex) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
+  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  return luminance > 0.45 ? '#111111' : '#ffffff';
 }
 
 export function percent(x, digits = 0) {
   return `${(100 * x).toFixed(digits)}%`;
 }
 
-// Mean probability per label over a list of faces; null when there are no faces.
-export function meanProbabilities(faces, labels) {
-  if (!faces.length) return null;
-  const sums = Object.fromEntries(labels.map((l) => [l, 0]));
-  for (const face of faces) {
-    for (const label of labels) sums[label] += face.probabilities?.[label] ?? 0;
-  }
-  for (const label of labels) sums[label] /= faces.length;
-  return sums;
+// How a face is named on its box, in the "Current:" line and in the image panel's list: faces come largest first
+// from the server, and face 1 is the one the charts follow.
+export function faceCaption(face, index) {
+  return `${index + 1}: ${face.emotion} ${percent(face.confidence)}`;
 }
 
 // Labels in model order; falls back to the keys of the first face's probabilities.
@@ -56,4 +52,16 @@ export function labelsFromFaces(faces) {
     if (face.probabilities) return Object.keys(face.probabilities);
   }
   return [];
+}
+
+// A legend list: one swatch per category, in the order given.
+export function renderLegend(list, categories, labels = categories) {
+  list.replaceChildren(...categories.map((category) => {
+    const item = document.createElement('li');
+    const swatch = document.createElement('span');
+    swatch.className = 'swatch';
+    swatch.style.background = labelColour(category, labels);
+    item.append(swatch, document.createTextNode(category));
+    return item;
+  }));
 }

@@ -4,8 +4,11 @@
 // copy of the camera picture). The picture occupies only part of the element's
 // CSS box when object-fit letterboxes it, and the preview may be mirrored, so
 // each box goes: sent-frame pixels -> source pixels -> displayed CSS pixels.
+//
+// A face is drawn the same way everywhere: a box in its expression's colour, captioned like the "Current:" line
+// ("1: happy 91%"), and under it a small valence / arousal gauge in white, so the box colour says one thing only.
 
-import { valenceColour } from './emotions.js';
+import { faceCaption, labelColour, textColourOn } from './emotions.js';
 
 // Where the picture lies inside the element, in CSS pixels, for the element's object-fit.
 export function contentRect(element, sourceWidth, sourceHeight) {
@@ -32,16 +35,82 @@ export function contentRect(element, sourceWidth, sourceHeight) {
   return { x: (boxWidth - width) / 2, y: (boxHeight - height) / 2, width, height };
 }
 
+// Valence / arousal gauge: two rows, "V" and "A", each a track centred on 0 with a white bar to the value in [-1, 1].
+export function drawAffectGauge(ctx, x, y, width, valence, arousal, fontSize) {
+  const letterFont = Math.max(8, Math.round(fontSize * 0.7));
+  const rowH = letterFont + 3;
+  const pad = 3;
+  const height = 2 * rowH + pad;
+  ctx.save();
+  ctx.fillStyle = 'rgba(20, 20, 20, 0.72)';
+  ctx.fillRect(x, y, width, height);
+  ctx.font = `700 ${letterFont}px system-ui, sans-serif`;
+  ctx.textBaseline = 'middle';
+  const letterW = ctx.measureText('V').width;
+  const trackX = x + pad + letterW + pad;
+  const trackW = Math.max(10, x + width - pad - trackX);
+  const centre = trackX + trackW / 2;
+  [['V', valence], ['A', arousal]].forEach(([letter, value], row) => {
+    const midY = y + pad / 2 + rowH * row + rowH / 2;
+    ctx.fillStyle = '#ffffff';
+    ctx.fillText(letter, x + pad, midY);
+    ctx.fillStyle = 'rgba(255, 255, 255, 0.3)';
+    ctx.fillRect(trackX, midY - 1, trackW, 2);
+    const v = Number.isFinite(value) ? Math.max(-1, Math.min(1, value)) : 0;
+    const barH = Math.max(3, rowH * 0.5);
+    ctx.fillStyle = '#ffffff';
+    ctx.fillRect(Math.min(centre, centre + (v * trackW) / 2), midY - barH / 2, Math.abs(v * trackW) / 2, barH);
+    ctx.fillRect(centre - 0.5, midY - rowH / 2 + 1, 1, rowH - 2); // the zero mark
+  });
+  ctx.restore();
+  return height;
+}
+
+// One face: box and caption in the expression's colour, the gauge under the box (inside it where there is no room).
+// (x, y, w, h) in the context's units; bounds: {width, height} of the drawable area; labels: the model's labels.
+export function drawFace(ctx, face, index, { x, y, w, h }, bounds, fontSize, labels = []) {
+  const colour = labelColour(face.emotion, labels);
+  ctx.save();
+  ctx.lineWidth = Math.max(2, fontSize / 7);
+  ctx.strokeStyle = colour;
+  ctx.strokeRect(x, y, w, h);
+
+  ctx.font = `600 ${fontSize}px system-ui, sans-serif`;
+  ctx.textBaseline = 'top';
+  const text = faceCaption(face, index);
+  const pad = Math.round(fontSize / 5);
+  const tagW = ctx.measureText(text).width + 2 * pad;
+  const tagH = fontSize + 2 * pad;
+  const tagX = Math.max(0, Math.min(x - ctx.lineWidth / 2, bounds.width - tagW));
+  const tagY = y - tagH >= 0 ? y - tagH : y;
+  ctx.fillStyle = colour;
+  ctx.fillRect(tagX, tagY, tagW, tagH);
+  ctx.fillStyle = textColourOn(colour);
+  ctx.fillText(text, tagX + pad, tagY + pad);
+  ctx.restore();
+
+  const gaugeW = Math.max(fontSize * 5, Math.min(w, fontSize * 9));
+  const gaugeH = 2 * (Math.max(8, Math.round(fontSize * 0.7)) + 3) + 3;
+  const gaugeX = Math.max(0, Math.min(x, bounds.width - gaugeW));
+  const gaugeY = y + h + 2 + gaugeH <= bounds.height ? y + h + 2 : Math.max(0, y + h - gaugeH - 2);
+  drawAffectGauge(ctx, gaugeX, gaugeY, gaugeW, face.valence, face.arousal, fontSize);
+}
+
 export class FaceOverlay {
   constructor(canvas, element) {
     this.canvas = canvas;
     this.element = element;
     this.ctx = canvas.getContext('2d');
     this.mirrored = false;
+    this.labels = [];
     this.last = null;
     // Redraw on layout changes (rotation, window resize) so boxes stay aligned.
     this.resizeObserver = new ResizeObserver(() => this.redraw());
     this.resizeObserver.observe(element);
+  }
+
+  setLabels(labels) {
+    this.labels = labels;
   }
 
   setMirrored(mirrored) {
@@ -80,9 +149,9 @@ export class FaceOverlay {
       width: result.width, height: result.height, boxes: result.faces.map((f) => f.box),
     });
     this.fitCanvas();
-    const ctx = this.ctx;
     const cssWidth = this.canvas.clientWidth;
-    ctx.clearRect(0, 0, cssWidth, this.canvas.clientHeight);
+    const cssHeight = this.canvas.clientHeight;
+    this.ctx.clearRect(0, 0, cssWidth, cssHeight);
 
     const sourceWidth = this.element.videoWidth || this.element.naturalWidth || result.width;
     const sourceHeight = this.element.videoHeight || this.element.naturalHeight || result.height;
@@ -90,62 +159,28 @@ export class FaceOverlay {
     // The sent frame is a uniformly downscaled copy of the source, so one scale per axis maps it.
     const sx = rect.width / result.width;
     const sy = rect.height / result.height;
-
     const fontSize = Math.max(12, Math.min(18, rect.width / 40));
-    ctx.font = `600 ${fontSize}px system-ui, sans-serif`;
-    ctx.textBaseline = 'top';
-    ctx.lineWidth = Math.max(2, rect.width / 320);
 
-    for (const face of result.faces) {
+    result.faces.forEach((face, index) => {
       const b = face.box;
       let x = rect.x + b.x * sx;
-      const y = rect.y + b.y * sy;
       const w = b.w * sx;
-      const h = b.h * sy;
       // The video is mirrored with a CSS transform about its centre; mirror the box the
       // same way but keep the text readable.
       if (this.mirrored) x = cssWidth - x - w;
-      const colour = valenceColour(face.valence);
-      ctx.strokeStyle = colour;
-      ctx.strokeRect(x, y, w, h);
-
-      const text = `${face.emotion} ${Math.round(100 * face.confidence)}%`;
-      const pad = 3;
-      const textWidth = ctx.measureText(text).width + 2 * pad;
-      const textHeight = fontSize + 2 * pad;
-      const labelY = y - textHeight >= 0 ? y - textHeight : y + h;
-      ctx.fillStyle = colour;
-      ctx.fillRect(x - ctx.lineWidth / 2, labelY, textWidth, textHeight);
-      ctx.fillStyle = '#fff';
-      ctx.fillText(text, x - ctx.lineWidth / 2 + pad, labelY + pad);
-    }
+      const box = { x, y: rect.y + b.y * sy, w, h: b.h * sy };
+      drawFace(this.ctx, face, index, box, { width: cssWidth, height: cssHeight }, fontSize, this.labels);
+    });
   }
 }
 
 // Draws an image at natural resolution with its faces (upload panel); boxes are in image pixels.
-export function drawImageWithFaces(canvas, image, faces) {
+export function drawImageWithFaces(canvas, image, faces, labels = []) {
   canvas.width = image.naturalWidth;
   canvas.height = image.naturalHeight;
   const ctx = canvas.getContext('2d');
   ctx.drawImage(image, 0, 0);
   const scale = Math.max(1, Math.max(canvas.width, canvas.height) / 640);
-  const fontSize = Math.round(14 * scale);
-  ctx.font = `600 ${fontSize}px system-ui, sans-serif`;
-  ctx.textBaseline = 'top';
-  ctx.lineWidth = 2 * scale;
-  faces.forEach((face, i) => {
-    const { x, y, w, h } = face.box;
-    const colour = valenceColour(face.valence);
-    ctx.strokeStyle = colour;
-    ctx.strokeRect(x, y, w, h);
-    const text = `${i + 1}. ${face.emotion} ${Math.round(100 * face.confidence)}%`;
-    const pad = 3 * scale;
-    const textWidth = ctx.measureText(text).width + 2 * pad;
-    const textHeight = fontSize + 2 * pad;
-    const labelY = y - textHeight >= 0 ? y - textHeight : y + h;
-    ctx.fillStyle = colour;
-    ctx.fillRect(x, labelY, textWidth, textHeight);
-    ctx.fillStyle = '#fff';
-    ctx.fillText(text, x + pad, labelY + pad);
-  });
+  const bounds = { width: canvas.width, height: canvas.height };
+  faces.forEach((face, index) => drawFace(ctx, face, index, face.box, bounds, Math.round(14 * scale), labels));
 }

@@ -1,8 +1,11 @@
 // Image (POST /predict) and video (POST /predict/video?format=ndjson) upload panels.
 
-import { labelsFromFaces, meanProbabilities, percent } from './emotions.js';
+import { formatSeconds, ShareChart } from './chart.js';
+import { labelsFromFaces, percent } from './emotions.js';
 import { drawImageWithFaces } from './overlay.js';
-import { formatSeconds, renderBars, StackedChart } from './timeline.js';
+import { fileStamp, localTime, saveReport } from './report.js';
+import { ShareSeries } from './shares.js';
+import { renderSummaryBars, summarySentence } from './summary.js';
 
 function setStatus(element, text, kind = 'info') {
   element.textContent = text;
@@ -36,12 +39,15 @@ function loadImage(file) {
   });
 }
 
+// The list is an <ol>, so its numbers are the boxes' numbers.
 function describeFace(face) {
   const { x, y, w, h } = face.box;
-  return `${face.emotion} (${percent(face.confidence)}), box at ${x},${y} size ${w}×${h}`;
+  const signed = (v) => (v >= 0 ? '+' : '−') + Math.abs(v).toFixed(2);
+  return `${face.emotion} ${percent(face.confidence)}, valence ${signed(face.valence)}, ` +
+    `arousal ${signed(face.arousal)}; box at ${x},${y} size ${w}×${h}`;
 }
 
-export function setupImagePanel() {
+export function setupImagePanel(getLabels) {
   const form = document.getElementById('image-form');
   const input = document.getElementById('image-file');
   const status = document.getElementById('image-status');
@@ -69,7 +75,7 @@ export function setupImagePanel() {
       let picture = null;
       try {
         picture = await loadImage(file);
-        drawImageWithFaces(canvas, picture.image, result.faces);
+        drawImageWithFaces(canvas, picture.image, result.faces, getLabels());
         canvas.hidden = false;
       } catch {
         canvas.hidden = true;
@@ -115,38 +121,25 @@ async function* ndjsonLines(response, signal) {
   }
 }
 
-export function setupVideoPanel(getLabels) {
+export function setupVideoPanel(getLabels, getModelDescription) {
   const form = document.getElementById('video-form');
   const input = document.getElementById('video-file');
   const every = document.getElementById('video-every');
   const cancel = document.getElementById('video-cancel');
   const status = document.getElementById('video-status');
-  const summary = document.getElementById('video-summary');
+  const summaryText = document.getElementById('video-summary');
   const bars = document.getElementById('video-bars');
-  const chart = new StackedChart(document.getElementById('video-chart'), document.getElementById('video-legend'));
-  chart.setLabels(getLabels());
+  const reportButton = document.getElementById('video-report');
+  const chart = new ShareChart(document.getElementById('video-chart'), document.getElementById('video-legend'));
+  const series = new ShareSeries(getLabels());
+  chart.setCategories(series.categories, series.labels);
   let controller = null;
-
-  // The server's summary counts the largest face of each sampled frame; without it (an older server), all faces.
-  function showSummary(server, counts, faceCount, labels) {
-    let share = server?.emotion_share;
-    let dominant = server?.dominant_emotion;
-    let basis = server ? `${server.with_face} of ${server.sampled} sampled frames had a face` : '';
-    if (!server) {
-      share = Object.fromEntries(Object.entries(counts).map(([label, n]) => [label, n / faceCount]));
-      dominant = Object.entries(counts).sort((a, b) => b[1] - a[1])[0]?.[0];
-      basis = `${faceCount} face samples`;
-    }
-    if (!dominant) {
-      summary.textContent = 'No faces were found in the video.';
-      return;
-    }
-    summary.textContent = `Dominant emotion: ${dominant} (${percent(share[dominant] ?? 0)}; ${basis}).`;
-    const order = labels.length ? labels : Object.keys(share);
-    renderBars(bars, order.map((label) => ({ label, share: share[label] ?? 0, count: counts[label] ?? 0 })), order);
-  }
+  let report = null; // what the report button saves: the last finished analysis
 
   cancel.addEventListener('click', () => controller?.abort());
+  reportButton.addEventListener('click', () => {
+    if (report) saveReport(report).catch((error) => setStatus(status, `Could not save the report: ${error.message}`, 'error'));
+  });
 
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -159,19 +152,21 @@ export function setupVideoPanel(getLabels) {
     controller = new AbortController();
     const { signal } = controller;
     cancel.disabled = false;
-    summary.textContent = '';
+    reportButton.disabled = true;
+    report = null;
+    summaryText.textContent = '';
     bars.replaceChildren();
     const seconds = Math.max(0.2, Number(every.value) || 1);
     let labels = getLabels();
-    chart.setLabels(labels);
-    chart.step = seconds;
+    // One bucket per analysed frame: each stands for `seconds` of the video.
+    series.step = seconds;
+    series.reset(labels);
+    chart.setCategories(series.categories, labels);
     chart.update([], [0, 10]);
     setStatus(status, 'Uploading and analysing…');
 
-    const points = [];
     let end = null; // the closing line: {duration, fps, every, width, height, summary}
-    const counts = {};
-    let faceCount = 0;
+    let last = 0;
     const body = new FormData();
     body.append('file', file);
     try {
@@ -186,25 +181,42 @@ export function setupVideoPanel(getLabels) {
           return;
         }
         if (typeof line.t === 'number' && Array.isArray(line.faces)) {
-          if (!labels.length) {
+          if (!labels.length && line.faces.length) {
             labels = labelsFromFaces(line.faces);
-            chart.setLabels(labels);
+            series.setLabels(labels);
+            chart.setCategories(series.categories, labels);
           }
-          for (const face of line.faces) {
-            counts[face.emotion] = (counts[face.emotion] || 0) + 1;
-            faceCount += 1;
-          }
-          points.push({ t: line.t, shares: meanProbabilities(line.faces, labels) });
-          const end = Math.max(10, line.t + seconds);
-          chart.update(points, [0, end]);
+          series.add(series.size, line.faces);
+          last = line.t;
+          chart.update(series.points(), [0, Math.max(10, series.size * seconds)]);
           setStatus(status, `Analysed up to ${formatSeconds(line.t)}…`);
         }
         if (line.summary) end = line;
       }
-      const duration = end?.duration ?? (points.length ? points[points.length - 1].t : 0);
-      chart.update(points, [0, Math.max(duration, seconds)]);
-      setStatus(status, `Done: ${points.length} samples over ${formatSeconds(duration)}.`, 'ok');
-      showSummary(end?.summary, counts, faceCount, labels);
+      const duration = end?.duration ?? last;
+      const range = [0, Math.max(duration, series.size * seconds)];
+      chart.update(series.points(), range);
+      setStatus(status, `Done: ${series.size} samples over ${formatSeconds(duration)}.`, 'ok');
+      const summary = series.summary();
+      summaryText.textContent = summarySentence(summary);
+      renderSummaryBars(bars, summary, series.categories, labels);
+      const model = getModelDescription();
+      report = {
+        title: 'Facial-expression report: video',
+        details: [
+          `Video ${file.name}: ${formatSeconds(duration)}, one frame analysed every ${seconds} s ` +
+            `(${series.size} frames); analysed ${localTime(new Date())} (local time).`,
+          ...(model ? [`Model: ${model}`] : []),
+          `Made with ${window.location.origin}/`,
+        ],
+        points: series.points(),
+        range,
+        categories: series.categories,
+        labels,
+        summary,
+        fileStem: `emotion-video-${fileStamp()}`,
+      };
+      reportButton.disabled = false;
     } catch (error) {
       if (signal.aborted) setStatus(status, 'Cancelled.');
       else setStatus(status, `Could not analyse the video: ${error.message}`, 'error');

@@ -131,7 +131,8 @@ class LocalCluster:
         config = self.dir / "nginx.conf"
         config.write_text(self.nginx_config())
         # -e: nginx opens its compiled-in error log before reading the configuration; keep that one here too.
-        command = [NGINX, "-p", str(self.dir), "-c", str(config), "-e", str(self.dir / "error.log"), "-g", "daemon off;"]
+        error_log = str(self.dir / "error.log")
+        command = [NGINX, "-p", str(self.dir), "-c", str(config), "-e", error_log, "-g", "daemon off;"]
         self.nginx = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_http(f"{self.url}/readyz", self.nginx, "nginx", timeout=20)
         return self

@@ -104,12 +104,10 @@ class LatestFrameSlot:
         self._ready.set()
 
     async def take(self) -> Frame | None:
-        """The newest frame, or None once closed (a frame still waiting then is left for the client to resend)."""
+        """The newest frame, or None once closed."""
         while self._frame is None and not self._closed:
             self._ready.clear()
             await self._ready.wait()
-        if self._closed:
-            return None
         frame, self._frame = self._frame, None
         return frame
 
@@ -190,7 +188,8 @@ class LiveSession:
         self._send_lock = asyncio.Lock()
 
     def go_away(self) -> None:
-        """The worker finishes the frame in hand and stops; ``run`` then closes with 1001."""
+        """The worker answers the frames already received (in hand and waiting: at most two) and stops; frames
+        that arrive from now on are ignored; ``run`` then closes with 1001."""
         self.leaving = True
         self.slot.close()
 
@@ -225,6 +224,8 @@ class LiveSession:
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")
+            if data is not None and self.leaving:
+                continue  # shutting down: the client resends it to the replica it reconnects to
             if data is not None:
                 self.frames += 1
                 self.hub.frames_received += 1

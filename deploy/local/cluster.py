@@ -117,7 +117,7 @@ class LocalCluster:
         return next(r for r in self.replicas if r.address == address)
 
     def nginx_config(self) -> str:
-        servers = "\n".join(f"        server {r.address} max_fails=1 fail_timeout=2s;" for r in self.replicas)
+        servers = "\n".join(f"        server {r.address} max_fails=1 fail_timeout=1s;" for r in self.replicas)
         text = TEMPLATE.read_text()
         for token, value in (("@DIR@", str(self.dir)), ("@PORT@", str(self.port)), ("@SERVERS@", servers)):
             text = text.replace(token, value)
@@ -138,11 +138,24 @@ class LocalCluster:
         return self
 
     def rolling_restart(self) -> None:
-        """One replica at a time: SIGTERM (drain, finish, exit), start it again, wait until it is ready."""
+        """One replica at a time: SIGTERM (drain, finish, exit), start it again, wait until it is ready and nginx
+        sends it requests again, then the next one."""
         for replica in self.replicas:
             replica.stop(signal.SIGTERM)
             replica.start()
             replica.wait_ready()
+            self.wait_balanced(replica)
+
+    def wait_balanced(self, replica: Replica, timeout: float = 30) -> None:
+        """Until nginx answers a request from ``replica``. nginx checks replicas passively: one it found down is
+        left alone for ``fail_timeout``; stopping the next replica before that would leave no replica to send to
+        (Kubernetes waits for the readiness probe instead)."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=5) as client:
+            while client.get(f"{self.url}/healthz").headers.get("X-Upstream") != replica.address:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx sent nothing to {replica.name} for {timeout:.0f} s")
+                time.sleep(0.05)
 
     def close(self) -> None:
         if self.nginx is not None and self.nginx.poll() is None:

@@ -1,13 +1,34 @@
-"""``python -m server`` / ``emotion-server``: run the service with uvicorn."""
+"""``python -m server`` / ``emotion-server``: run the service with uvicorn, in one or several worker processes."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
 from server.config import Settings
+from server.metrics import MULTIPROC_ENV
+
+
+def prepare_metrics_dir() -> Path | None:
+    """Several workers share their metrics through files in ``$PROMETHEUS_MULTIPROC_DIR``. Empties a given directory
+    (files left by an earlier run would be counted again); creates a private one when none is given, returned so the
+    caller removes it at exit."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    path = Path(tempfile.mkdtemp(prefix="emotion-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,19 +36,36 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="emotion-server", description="Run the facial-emotion service.")
     parser.add_argument("--host", default=defaults.host, help="bind address (env EMOTION_HOST, default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (env EMOTION_PORT, default %(default)s)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="worker processes sharing the port, each with its own models and CPU threads "
+        "(env EMOTION_WORKERS, default %(default)s)",
+    )
     parser.add_argument("--log-level", default=defaults.log_level, help="(env EMOTION_LOG_LEVEL)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    # Workers are threads inside one process (the app's CPU pool): the model is loaded once and shared.
-    # uvicorn buffers a whole WebSocket message before the app sees it: cap that at the app's own frame limit
-    # (+1 so the app, not uvicorn, answers an oversize frame, with its 1009 close and message).
-    uvicorn.run(
-        "server.app:app",
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        ws_max_size=defaults.ws_max_frame_bytes + 1,
-    )
+    # The workers read their settings from the environment: they need the count to share out the CPUs.
+    os.environ["EMOTION_WORKERS"] = str(args.workers)
+    own_metrics_dir = prepare_metrics_dir() if args.workers > 1 else None
+    try:
+        # uvicorn buffers a whole WebSocket message before the app sees it: cap that at the app's own frame limit
+        # (+1 so the app, not uvicorn, answers an oversize frame, with its 1009 close and message).
+        uvicorn.run(
+            "server.app:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level.lower(),
+            ws_max_size=defaults.ws_max_frame_bytes + 1,
+            timeout_graceful_shutdown=defaults.shutdown_timeout,
+        )
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +35,11 @@ from starlette.routing import Route
 
 from server import live
 from server.config import Settings, get_settings, resolve_path
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.metrics import Metrics
 from server.pipeline import EmotionPipeline, InputError, decode_image
 from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse, VideoResponse
+from server.shutdown import GracefulShutdown
 from server.uploads import receive_upload
 from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_lines, receive_video
 
@@ -60,72 +62,7 @@ ERROR_RESPONSES = error_responses(
 )
 
 
-# --- metrics (Prometheus text format, in-process) -------------------------------------------------------------
-
-
-class Metrics:
-    """Counters and histograms rendered in the Prometheus text exposition format; no client library needed."""
-
-    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._meta: dict[str, tuple[str, str]] = {}  # name -> (type, help)
-        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._hists: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}  # buckets..., sum, count
-
-    def inc(self, name: str, help: str, value: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._meta.setdefault(name, ("counter", help))
-            self._counters[key] = self._counters.get(key, 0.0) + value
-
-    def set(self, name: str, help: str, value: float, **labels: str) -> None:
-        """A gauge: the value as it is now."""
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._meta.setdefault(name, ("gauge", help))
-            self._counters[key] = value
-
-    def observe(self, name: str, help: str, value: float, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._meta.setdefault(name, ("histogram", help))
-            h = self._hists.setdefault(key, [0.0] * (len(self.BUCKETS) + 2))
-            for i, bound in enumerate(self.BUCKETS):
-                if value <= bound:
-                    h[i] += 1
-            h[-2] += value
-            h[-1] += 1
-
-    def render(self) -> str:
-        def fmt(labels: tuple[tuple[str, str], ...], extra: tuple[tuple[str, str], ...] = ()) -> str:
-            items = labels + extra
-            if not items:
-                return ""
-            escaped = (
-                f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in items
-            )
-            return "{" + ",".join(escaped) + "}"
-
-        lines: list[str] = []
-        with self._lock:
-            for name, (kind, help) in sorted(self._meta.items()):
-                lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
-                if kind in ("counter", "gauge"):
-                    for (n, labels), v in sorted(self._counters.items()):
-                        if n == name:
-                            lines.append(f"{name}{fmt(labels)} {v:g}")
-                else:
-                    for (n, labels), h in sorted(self._hists.items()):
-                        if n != name:
-                            continue
-                        for bound, count in zip(self.BUCKETS, h, strict=False):
-                            lines.append(f"{name}_bucket{fmt(labels, (('le', f'{bound:g}'),))} {count:g}")
-                        lines.append(f"{name}_bucket{fmt(labels, (('le', '+Inf'),))} {h[-1]:g}")
-                        lines.append(f"{name}_sum{fmt(labels)} {h[-2]:.6f}")
-                        lines.append(f"{name}_count{fmt(labels)} {h[-1]:g}")
-        return "\n".join(lines) + "\n"
+# --- metrics ---------------------------------------------------------------------------------------------------
 
 
 class MetricsMiddleware:
@@ -148,24 +85,15 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.http_in_flight.inc()
         try:
             await self.app(scope, receive, send_status)
         finally:
+            self.metrics.http_in_flight.dec()
             route = getattr(scope.get("route"), "path", None)
             route = "static" if route == "" else route or "unmatched"
-            self.metrics.inc(
-                "emotion_http_requests_total",
-                "HTTP requests by route and status.",
-                method=scope["method"],
-                route=route,
-                status=str(status),
-            )
-            self.metrics.observe(
-                "emotion_http_request_duration_seconds",
-                "HTTP request latency.",
-                time.perf_counter() - start,
-                route=route,
-            )
+            self.metrics.http_requests.labels(method=scope["method"], route=route, status=str(status)).inc()
+            self.metrics.http_duration.labels(route=route).observe(time.perf_counter() - start)
 
 
 # --- uploads ---------------------------------------------------------------------------------------------------
@@ -250,11 +178,9 @@ async def predict(
     data = await read_upload(request, max_bytes=settings.max_upload_bytes, kind="image")
     result = await run_cpu(app, predict_bytes, app.state.pipeline, data, settings, max_faces)
     metrics: Metrics = app.state.metrics
-    metrics.inc("emotion_faces_detected_total", "Faces found in predicted images.", len(result.faces))
+    metrics.faces_detected.inc(len(result.faces))
     for stage in ("decode", "detect", "classify"):
-        metrics.observe(
-            "emotion_stage_duration_seconds", "Pipeline stage latency.", result.timings_ms[stage] / 1e3, stage=stage
-        )
+        metrics.stage_duration.labels(stage=stage).observe(result.timings_ms[stage] / 1e3)
     return result
 
 
@@ -364,18 +290,20 @@ async def healthz() -> HealthResponse:
     "/readyz",
     response_model=ReadyResponse,
     responses={503: {"model": ReadyResponse}},
-    summary="Readiness: the model and detector are loaded",
+    summary="Readiness: the model and detector are loaded, and the server is not shutting down",
 )
 async def readyz(request: Request) -> ReadyResponse | JSONResponse:
     pipeline: EmotionPipeline | None = getattr(request.app.state, "pipeline", None)
-    if pipeline is None:
-        return JSONResponse(ReadyResponse(ready=False).model_dump(), status_code=503)
+    shutdown: GracefulShutdown | None = getattr(request.app.state, "shutdown", None)
+    if pipeline is None or (shutdown is not None and shutdown.draining):
+        draining = shutdown is not None and shutdown.draining
+        return JSONResponse(ReadyResponse(ready=False, draining=draining).model_dump(), status_code=503)
     return ReadyResponse(ready=True, model=str(pipeline.classifier.path), detector=pipeline.detector.name)
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (all worker processes)")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 # --- application -----------------------------------------------------------------------------------------------
@@ -402,20 +330,24 @@ async def lifespan(app: FastAPI):
         f" ({pipeline.detector.path})" if pipeline.detector.path else "",
         pipeline.detect_max_side,
     )
-    app.state.pipeline = pipeline
-    app.state.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="emotion-cpu")
-    app.state.metrics.set(
-        "emotion_model_info",
-        "Loaded model and detector (value 1).",
-        1,
-        model=str(pipeline.classifier.path),
-        detector=pipeline.detector.name,
+    log.info(
+        "%d CPU thread(s), classifier providers %s", settings.cpu_threads, pipeline.classifier.session.get_providers()
     )
+    app.state.pipeline = pipeline
+    app.state.executor = ThreadPoolExecutor(settings.cpu_threads, thread_name_prefix="emotion-cpu")
+    app.state.metrics.model_info.labels(
+        model=pipeline.classifier.path.name, version=spec.metadata.get("version", ""), detector=pipeline.detector.name
+    ).set(1)
+    # SIGTERM drains first (not ready, live streams moved), then uvicorn's own shutdown runs: server.shutdown.
+    app.state.shutdown = GracefulShutdown(app, settings.drain_seconds)
+    app.state.shutdown.install()
     try:
         yield
     finally:
+        app.state.shutdown.uninstall()
         app.state.pipeline = None
         app.state.executor.shutdown(wait=False, cancel_futures=True)
+        app.state.metrics.process_exited()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -109,10 +109,18 @@ def _floats(meta: dict[str, str], key: str, channels: int) -> list[float]:
     return [float(v) for v in values]
 
 
+def usable_providers(wanted: list[str] | None) -> list[str]:
+    """The wanted onnxruntime providers this build has, in order, and the CPU last (a GPU build without a usable
+    GPU falls back to it instead of failing)."""
+    available = set(ort.get_available_providers())
+    chosen = [p for p in wanted or [] if p in available and p != "CPUExecutionProvider"]
+    return [*chosen, "CPUExecutionProvider"]
+
+
 class EmotionClassifier:
     """``infer(crops)``: uint8 face crops [N, H, W] (gray) or [N, H, W, 3] (RGB) -> probabilities [N, K]."""
 
-    def __init__(self, path: Path | str, intra_op_threads: int = 1):
+    def __init__(self, path: Path | str, intra_op_threads: int = 1, providers: list[str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
@@ -123,7 +131,7 @@ class EmotionClassifier:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), options, providers=usable_providers(providers))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise ModelError(f"cannot load ONNX model {self.path}: {exc}") from exc
         self.spec = ModelSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)

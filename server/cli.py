@@ -3,7 +3,7 @@
     emotion image PATH...                                   each face of each image
     emotion video PATH [--every S] [--crops DIR] [--json]   one line per analysed second: 00:00:03  happy  73%
     emotion webcam [--device N|PATH|URL] [--every S]        one line per second until Ctrl-C
-    emotion serve [--host H] [--port P]                     the HTTP service (like ``python -m server``)
+    emotion serve [--host H] [--port P] [--workers N]       the HTTP service (like ``python -m server``)
 
 ``--model`` and ``--detector`` (or the ``EMOTION_*`` environment variables) pick the models. Exit status: 0 done,
 1 a file could not be read or analysed, 2 bad usage, 130 interrupted.
@@ -280,7 +280,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.detector is not None:
         os.environ["EMOTION_DETECTOR"] = args.detector
     argv = []
-    for flag, value in (("--host", args.host), ("--port", args.port), ("--log-level", args.log_level)):
+    for flag, value in (
+        ("--host", args.host),
+        ("--port", args.port),
+        ("--workers", args.workers),
+        ("--log-level", args.log_level),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     serve(argv)
@@ -344,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the HTTP service (like python -m server)")
     serve.add_argument("--host", default=None, help="bind address (env EMOTION_HOST)")
     serve.add_argument("--port", type=int, default=None, help="port (env EMOTION_PORT)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (env EMOTION_WORKERS)")
     serve.add_argument("--log-level", default=None, help="(env EMOTION_LOG_LEVEL)")
     serve.set_defaults(func=cmd_serve)
     return parser

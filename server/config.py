@@ -52,9 +52,21 @@ class Settings(BaseSettings):
     haar_scale_factor: float = Field(1.1, gt=1.0)
     haar_min_neighbors: int = Field(4, ge=0)
 
-    # CPU: requests run in parallel in a thread pool, so each onnxruntime call stays on few threads.
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Processes: uvicorn workers sharing the port (python -m server --workers N); each loads its own models.
+    workers: int = Field(1, ge=1)
+    # CPU: requests run in parallel in a thread pool per process, so each onnxruntime call stays on few threads.
+    # None: the CPUs this process may use, shared out among the workers.
+    threads: int | None = Field(None, ge=1)
     intra_op_threads: int = Field(1, ge=1)
+    # onnxruntime execution providers for the classifier, in order of preference, e.g.
+    # "CUDAExecutionProvider,CPUExecutionProvider" with the onnxruntime-gpu wheel; ones not installed are skipped.
+    providers: str = "CPUExecutionProvider"
+
+    # Shutdown (SIGTERM/SIGINT): /readyz answers 503 and live streams are closed with 1001 (going away) at once;
+    # new HTTP requests are still served for drain_seconds (time for a load balancer to stop sending any), then
+    # the port closes and in-flight requests get up to shutdown_timeout seconds to finish.
+    drain_seconds: float = Field(0.0, ge=0)
+    shutdown_timeout: float = Field(20.0, gt=0)
 
     # Input limits: bytes are checked while reading, pixels from the image header before decoding.
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
@@ -73,6 +85,18 @@ class Settings(BaseSettings):
     ws_default_max_faces: int = Field(10, ge=1)  # per connection until the client sends {"max_faces": n}
 
     web_dir: Path = Path("web")
+
+    @property
+    def cpu_threads(self) -> int:
+        """Threads of the CPU pool: ``threads``, or the usable CPUs divided among the worker processes."""
+        if self.threads is not None:
+            return self.threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cpus // self.workers)
+
+    @property
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
 
 
 @lru_cache

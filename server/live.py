@@ -17,7 +17,9 @@ Messages from the server (all JSON text):
   ``"type": "config"``); ``{"type": "ping"}`` gets ``{"type": "pong"}``.
 
 Close codes: 1009 for a frame over ``ws_max_frame_bytes``; 1013 (try again later) when ``ws_max_connections`` are
-already open, after an error message saying so; 1011 if the model is not loaded.
+already open, after an error message saying so; 1011 if the model is not loaded; 1001 (going away) when the server
+shuts down (``server.shutdown``): the frame in hand is answered first, and the client should reconnect at once
+(through a load balancer it reaches another replica).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+CLOSE_GOING_AWAY = 1001
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -120,6 +123,21 @@ class LiveHub:
         self.frames_processed = 0
         self.frames_dropped = 0
         self.max_pending = 0  # most frames ever waiting in one connection's slot (by design at most 1)
+        self.sessions: set[LiveSession] = set()
+        self.draining = False
+
+    async def go_away(self, timeout: float) -> int:
+        """Shutdown: every session answers the frame in hand, then closes with 1001; new ones are closed at once.
+        Returns how many sessions were open."""
+        self.draining = True
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.go_away()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return len(sessions)
 
     @classmethod
     def of(cls, app: FastAPI) -> LiveHub:
@@ -166,7 +184,14 @@ class LiveSession:
         self.slot = LatestFrameSlot()
         self.max_faces = self.settings.ws_default_max_faces
         self.frames = 0
+        self.leaving = False
         self._send_lock = asyncio.Lock()
+
+    def go_away(self) -> None:
+        """The worker answers the frames already received (in hand and waiting: at most two) and stops; frames
+        that arrive from now on are ignored; ``run`` then closes with 1001."""
+        self.leaving = True
+        self.slot.close()
 
     async def send(self, message: BaseModel | dict[str, Any]) -> None:
         text = message.model_dump_json() if isinstance(message, BaseModel) else json.dumps(message)
@@ -183,6 +208,9 @@ class LiveSession:
                 exc = task.exception()
                 if exc is not None and not isinstance(exc, WebSocketDisconnect):
                     log.error("live session failed", exc_info=exc)
+            if self.leaving and not receiver.done():
+                async with self._send_lock:
+                    await self.websocket.close(CLOSE_GOING_AWAY, "server going away, reconnect")
         finally:
             self.slot.close()
             for task in (receiver, worker):
@@ -196,6 +224,8 @@ class LiveSession:
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")
+            if data is not None and self.leaving:
+                continue  # shutting down: the client resends it to the replica it reconnects to
             if data is not None:
                 self.frames += 1
                 self.hub.frames_received += 1
@@ -209,14 +239,14 @@ class LiveSession:
                     await self.websocket.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                     return
                 if not data:
-                    metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
+                    metrics.ws_frames.labels(outcome="error").inc()
                     await self.send(LiveError(frame_id=self.frames, error="empty frame: send a JPEG or WebP image"))
                     continue
                 before = self.slot.dropped
                 self.slot.put(Frame(self.frames, data))
                 if self.slot.dropped > before:
                     self.hub.frames_dropped += 1
-                    metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="dropped")
+                    metrics.ws_frames.labels(outcome="dropped").inc()
                 self.hub.max_pending = max(self.hub.max_pending, self.slot.pending)
             elif message.get("text") is not None:
                 await self.control(message["text"])
@@ -251,18 +281,18 @@ class LiveSession:
                     self.app.state.executor, predict_bytes, pipeline, frame.data, self.settings, self.max_faces
                 )
             except InputError as exc:
-                metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
+                metrics.ws_frames.labels(outcome="error").inc()
                 await self.send(LiveError(frame_id=frame.frame_id, error=exc.detail))
                 continue
             except Exception as exc:  # a bug, but one frame must not end the stream
                 log.exception("live frame %d failed", frame.frame_id)
-                metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="error")
+                metrics.ws_frames.labels(outcome="error").inc()
                 await self.send(LiveError(frame_id=frame.frame_id, error=f"internal error ({type(exc).__name__})"))
                 continue
             server_s = time.perf_counter() - start
             self.hub.frames_processed += 1
-            metrics.inc("emotion_ws_frames_total", "Live frames by outcome.", outcome="processed")
-            metrics.observe("emotion_ws_frame_duration_seconds", "Live frame processing time.", server_s)
+            metrics.ws_frames.labels(outcome="processed").inc()
+            metrics.ws_frame_duration.observe(server_s)
             await self.send(
                 LiveResult(
                     frame_id=frame.frame_id,
@@ -287,10 +317,15 @@ async def live_stream(websocket: WebSocket) -> None:
         await websocket.send_text(LiveError(error="the model is not loaded yet; try again shortly").model_dump_json())
         await websocket.close(CLOSE_INTERNAL_ERROR, "model not loaded")
         return
+    if hub.draining:
+        metrics.ws_connections.labels(outcome="draining").inc()
+        await websocket.send_text(LiveError(error="this server is shutting down; reconnect").model_dump_json())
+        await websocket.close(CLOSE_GOING_AWAY, "server going away, reconnect")
+        return
     if hub.active >= hub.max_connections:
         # Accept first so a browser gets a readable message and close reason rather than a failed handshake.
         hub.rejected += 1
-        metrics.inc("emotion_ws_connections_total", "Live connections by outcome.", outcome="rejected")
+        metrics.ws_connections.labels(outcome="rejected").inc()
         await websocket.send_text(
             LiveError(
                 error=f"server busy: {hub.max_connections} live connections are open; try again later"
@@ -299,10 +334,15 @@ async def live_stream(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_TRY_AGAIN_LATER, "server busy, try again later")
         return
     hub.active += 1
-    metrics.inc("emotion_ws_connections_total", "Live connections by outcome.", outcome="accepted")
+    metrics.ws_connections.labels(outcome="accepted").inc()
+    metrics.ws_active.inc()
+    session = LiveSession(websocket, hub)
+    hub.sessions.add(session)
     try:
-        await LiveSession(websocket, hub).run()
+        await session.run()
     except WebSocketDisconnect:
         pass
     finally:
         hub.active -= 1
+        hub.sessions.discard(session)
+        metrics.ws_active.dec()

@@ -258,7 +258,9 @@ class EmotionPipeline:
             haar_scale_factor=settings.haar_scale_factor,
             haar_min_neighbors=settings.haar_min_neighbors,
         )
-        classifier = EmotionClassifier(resolve_path(Path(settings.model_path)), settings.intra_op_threads)
+        classifier = EmotionClassifier(
+            resolve_path(Path(settings.model_path)), settings.intra_op_threads, settings.provider_list
+        )
         if detector.name == "haar":
             max_side, min_face = settings.haar_max_side, settings.haar_min_face_size
         else:

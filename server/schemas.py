@@ -93,6 +93,7 @@ class ReadyResponse(BaseModel):
     ready: bool
     model: str | None = None
     detector: str | None = None
+    draining: bool = Field(False, description="True once the server is shutting down (it answers 503 then).")
 
 
 class ErrorResponse(BaseModel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -175,22 +174,6 @@ def test_model_card_is_the_one_beside_the_model(client: httpx.Client, model_path
     with LiveServer(create_app(make_settings(own, "haar"))) as server:
         r = httpx.get(f"{server.url}/model/card", timeout=30)
     assert r.status_code == 404 and "MODEL_CARD.md" in r.json()["detail"]
-
-
-def test_metrics_count_requests(client: httpx.Client, astronaut_jpeg: bytes) -> None:
-    client.post("/predict", content=astronaut_jpeg, headers={"content-type": "image/jpeg"})
-    client.post("/predict", content=b"", headers={"content-type": "image/jpeg"})
-    r = client.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    ok = re.search(r'emotion_http_requests_total\{method="POST",route="/predict",status="200"\} (\d+)', text)
-    bad = re.search(r'emotion_http_requests_total\{method="POST",route="/predict",status="400"\} (\d+)', text)
-    assert ok and int(ok.group(1)) >= 1 and bad and int(bad.group(1)) >= 1
-    assert "# TYPE emotion_http_request_duration_seconds histogram" in text
-    assert re.search(r'emotion_stage_duration_seconds_count\{stage="detect"\} \d+', text)
-    assert re.search(r"emotion_faces_detected_total \d+", text)
-    assert "# TYPE emotion_model_info gauge" in text
-    assert re.search(r'emotion_model_info\{detector="haar",model="[^"]+"\} 1\n', text)
 
 
 def test_index_page_and_docs(client: httpx.Client) -> None:

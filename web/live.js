@@ -109,6 +109,14 @@ export class LiveClient {
     clearTimeout(this.sendTimer);
     if (!this.active) return;
     let reason;
+    if (event.code === 1001 && this.reconnectAttempt === 0) {
+      // The server is shutting down (a rolling update): reconnect at once, through the load balancer to another
+      // replica; the jitter keeps all the streams of that server from arriving in the same instant.
+      this.reconnectAttempt += 1;
+      this.handlers.onStatus('The server is restarting; reconnecting…', 'info');
+      this.reconnectTimer = setTimeout(() => this.active && this.connect(), Math.random() * 250);
+      return;
+    }
     if (event.code === 1013) {
       reason = `The server is busy (${event.reason || 'too many live connections'}).`;
     } else if (event.code === 1009) {

@@ -28,6 +28,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -37,7 +38,7 @@ from server import live
 from server.config import Settings, get_settings, resolve_path
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
-from server.pipeline import EmotionPipeline, InputError, decode_image
+from server.pipeline import EmotionPipeline, InputError, predict_bytes
 from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse, VideoResponse
 from server.shutdown import GracefulShutdown
 from server.uploads import receive_upload
@@ -115,18 +116,6 @@ async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", 
 async def run_cpu(app: FastAPI, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` in the app's CPU pool, off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(app.state.executor, fn, *args)
-
-
-def predict_bytes(
-    pipeline: EmotionPipeline, data: bytes, settings: Settings, max_faces: int | None = None
-) -> PredictResponse:
-    """Decode + predict, for the thread pool; also used by the WebSocket route."""
-    t0 = time.perf_counter()
-    image = decode_image(data, settings)
-    decode_ms = (time.perf_counter() - t0) * 1e3
-    faces, timings = pipeline.predict(image, max_faces)
-    timings = {"decode": round(decode_ms, 3), **timings, "total": round(decode_ms + timings["total"], 3)}
-    return PredictResponse(width=image.shape[1], height=image.shape[0], faces=faces, timings_ms=timings)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -257,6 +246,7 @@ async def model_info(request: Request) -> ModelInfo:
         metadata=spec.metadata,
         detector=pipeline.detector.name,
         detector_path=str(pipeline.detector.path) if pipeline.detector.path else None,
+        detector_fallback=pipeline.detector.fallback_reason,
     )
 
 
@@ -352,7 +342,9 @@ async def lifespan(app: FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs and /redoc served from assets installed with fastapi-offline (under
+    # /static-offline-docs) instead of a CDN, so the API page works without internet.
+    app = FastAPIOffline(
         title="Emotion service",
         description="Face detection (OpenCV) + ONNX emotion classification. Send an image to `POST /predict`.",
         version="0.1.0",

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The checkout the package runs from (editable install or ``python -m server`` in a clone); relative paths that do
-# not exist under the working directory are looked up here, so the service finds models/ and web/ from anywhere.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from server.detector import YUNET_SHA256
+
+# models/ and web/ sit at the top of the repository and travel inside the wheel as server/models and server/web
+# (pyproject.toml maps them there). Installed from a wheel they are package data; in a checkout or an editable
+# install they are the repository's own folders.
+DATA_DIRS = ("models", "web")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir(name: str) -> Path:
+    """The shipped ``models`` or ``web`` folder: the package's data in an installed wheel, else the checkout's."""
+    if name not in DATA_DIRS:
+        raise ValueError(f"unknown data folder {name!r}; expected one of {DATA_DIRS}")
+    packaged = Path(str(resources.files("server") / name))
+    return packaged if packaged.is_dir() else REPO_ROOT / name
 
 
 def resolve_path(path: Path) -> Path:
-    """``path`` as given if it exists (or is absolute), else the same relative path under the project root."""
-    if path.is_absolute() or path.exists():
+    """``path`` as given if it exists (or is absolute); else, for ``models/...`` and ``web``, the shipped copy.
+
+    So the defaults (``models/emotion_ferplus.onnx``, ``web``) and ``EMOTION_MODEL_PATH=models/emotion_fer2013.onnx``
+    work from any directory, while a folder of that name in the working directory still wins.
+    """
+    path = Path(path)
+    if path.is_absolute() or path.exists() or not path.parts or path.parts[0] not in DATA_DIRS:
         return path
-    candidate = PROJECT_ROOT / path
+    candidate = data_dir(path.parts[0]).joinpath(*path.parts[1:])
     return candidate if candidate.exists() else path
 
 
@@ -34,7 +52,10 @@ class Settings(BaseSettings):
     # Models.
     model_path: Path = Path("models/emotion_ferplus.onnx")
     yunet_path: Path = Path("models/face_detection_yunet_2023mar.onnx")
-    detector: Literal["auto", "yunet", "haar"] = "auto"  # auto: YuNet when its file is present, Haar otherwise
+    # The YuNet file must have this sha256 (the shipped, pinned release); empty: accept any file (your own YuNet).
+    yunet_sha256: str = YUNET_SHA256
+    # auto: YuNet when its file is present and passes the check, else the Haar cascade (with a warning).
+    detector: Literal["auto", "yunet", "haar"] = "auto"
 
     # Detection runs on a copy whose longer side is at most this; crops come from the full-resolution image.
     # YuNet finds faces down to ~10 px, so at 320 it keeps faces over ~3% of the image's longer side (~6 ms).

@@ -8,6 +8,7 @@ thread pool and would otherwise serialise on the detector.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -19,6 +20,22 @@ import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# The YuNet release the project ships in models/ (opencv_zoo, 2023mar, 232,589 bytes; models/YUNET.md).
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+
+
+class DetectorError(RuntimeError):
+    """A detector file that cannot be used (missing, or not the file it claims to be)."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class FaceDetector(Protocol):
     name: str
     path: Path | None
     window: int  # smallest face (px) it finds reliably in the image it is given
+    fallback_reason: str | None  # why this detector stands in for the one asked for, if it does
 
     def infer(self, image_bgr: np.ndarray, min_size: int = 1) -> list[Detection]: ...
 
@@ -52,11 +70,26 @@ class YuNetDetector:
 
     name = "yunet"
     window = 10
+    fallback_reason: str | None = None
 
-    def __init__(self, path: Path | str, score_threshold: float = 0.7, nms_threshold: float = 0.3, top_k: int = 5000):
+    def __init__(
+        self,
+        path: Path | str,
+        score_threshold: float = 0.7,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        *,
+        sha256: str | None = YUNET_SHA256,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"YuNet model not found: {self.path} (run `python -m server.download`)")
+            raise DetectorError(f"YuNet model not found: {self.path} (run `python -m server.download`)")
+        # A damaged or swapped file could load and still find nothing; refuse anything but the pinned release.
+        if sha256 and (actual := sha256_of(self.path)) != sha256.lower():
+            raise DetectorError(
+                f"YuNet model {self.path} has sha256 {actual}, expected {sha256} "
+                "(run `python -m server.download` to restore it, or set EMOTION_YUNET_SHA256 for a file of your own)"
+            )
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.top_k = top_k
@@ -108,6 +141,7 @@ class HaarDetector:
 
     name = "haar"
     path: Path | None = None
+    fallback_reason: str | None = None  # set when "auto" wanted YuNet and could not load it
 
     def __init__(
         self,
@@ -161,19 +195,25 @@ def create_detector(
     kind: str,
     yunet_path: Path | str,
     *,
+    yunet_sha256: str | None = YUNET_SHA256,
     yunet_score_threshold: float = 0.7,
     yunet_nms_threshold: float = 0.3,
     haar_scale_factor: float = 1.1,
     haar_min_neighbors: int = 4,
 ) -> FaceDetector:
-    """``kind`` is "yunet", "haar" or "auto" (YuNet when its file exists, else Haar, with a warning)."""
-    yunet_path = Path(yunet_path)
-    if kind == "yunet" or (kind == "auto" and yunet_path.is_file()):
-        return YuNetDetector(yunet_path, yunet_score_threshold, yunet_nms_threshold)
-    if kind == "auto":
-        log.warning(
-            "YuNet model %s not found, falling back to the Haar cascade (run `python -m server.download`)", yunet_path
-        )
-    elif kind != "haar":
+    """``kind`` is "yunet" (``DetectorError`` if its file is missing or fails the sha256 check), "haar", or "auto":
+    YuNet when its file loads, else the Haar cascade, with a warning that says why (``fallback_reason``)."""
+    if kind not in ("auto", "yunet", "haar"):
         raise ValueError(f"unknown detector {kind!r}; expected 'auto', 'yunet' or 'haar'")
+    if kind != "haar":
+        try:
+            return YuNetDetector(yunet_path, yunet_score_threshold, yunet_nms_threshold, sha256=yunet_sha256)
+        except DetectorError as exc:
+            if kind == "yunet":
+                raise
+            reason = str(exc)
+        log.warning("%s; falling back to the Haar cascade, which misses more faces", reason)
+        haar = HaarDetector(haar_scale_factor, haar_min_neighbors)
+        haar.fallback_reason = reason
+        return haar
     return HaarDetector(haar_scale_factor, haar_min_neighbors)

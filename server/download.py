@@ -1,9 +1,9 @@
-"""``python -m server.download``: fetch the YuNet face detector from opencv_zoo, pinned and sha256-verified.
+"""``python -m server.download``: fetch the YuNet face detector from opencv_zoo again, pinned and sha256-verified.
 
-The file is not committed to this project (opencv_zoo's licence, MIT, travels with it there). Without it the
-service still runs, on OpenCV's bundled Haar cascade. The download goes to a temporary file next to the target
-and is renamed into place only after its hash matches, so an interrupted or tampered download never leaves a
-file the server would load.
+The project ships this file in ``models/`` (MIT, see ``models/YUNET.md``); the command restores or refreshes it,
+e.g. when the service reports that the copy fails its sha256 check. The download goes to a temporary file next to
+the target and is renamed into place only after its hash matches, so an interrupted or tampered download never
+leaves a file the server would load.
 """
 
 from __future__ import annotations
@@ -17,32 +17,23 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from server.config import get_settings
+from server.config import get_settings, resolve_path
+from server.detector import YUNET_FILE, YUNET_SHA256, sha256_of
 
 log = logging.getLogger("server.download")
 
 # opencv_zoo commit b6e370b pins the 2023mar YuNet release. opencv_zoo keeps its .onnx files in Git LFS: the
 # github.com "raw" address redirects to the LFS store, the media.githubusercontent.com one is that store.
 YUNET_COMMIT = "b6e370b10f641879a87890d44e42173077154a05"
-YUNET_FILE = "models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
 YUNET_URLS = (
-    f"https://github.com/opencv/opencv_zoo/raw/{YUNET_COMMIT}/{YUNET_FILE}",
-    f"https://media.githubusercontent.com/media/opencv/opencv_zoo/{YUNET_COMMIT}/{YUNET_FILE}",
+    f"https://github.com/opencv/opencv_zoo/raw/{YUNET_COMMIT}/models/face_detection_yunet/{YUNET_FILE}",
+    f"https://media.githubusercontent.com/media/opencv/opencv_zoo/{YUNET_COMMIT}/models/face_detection_yunet/{YUNET_FILE}",
 )
-YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 MAX_BYTES = 16 * 1024 * 1024  # the real file is 232,589 bytes; anything far larger is not it
 
 
 class DownloadError(RuntimeError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, dest: Path, sha256: str, timeout: float) -> None:
@@ -103,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dest",
         type=Path,
-        default=get_settings().yunet_path,
-        help="where to put the YuNet model (default: %(default)s, env EMOTION_YUNET_PATH)",
+        default=resolve_path(get_settings().yunet_path),
+        help="where to put the YuNet model (default: the one the service loads, %(default)s; env EMOTION_YUNET_PATH)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network read")
     args = parser.parse_args(argv)
@@ -112,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fetch(args.dest, timeout=args.timeout)
     except DownloadError as exc:
-        log.error("%s\nThe service still runs without YuNet, using the Haar cascade.", exc)
+        log.error("%s\nWithout a verified YuNet the service falls back to the Haar cascade.", exc)
         return 1
     return 0
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
 
-from server.pipeline import InputError
+from server.pipeline import InputError, predict_bytes
 from server.schemas import Face
 
 if TYPE_CHECKING:
@@ -264,9 +264,6 @@ class LiveSession:
         await self.send(LiveAck(config={"max_faces": self.max_faces}))
 
     async def work_loop(self) -> None:
-        # Imported here: server.app imports this module to register the route.
-        from server.app import predict_bytes
-
         loop = asyncio.get_running_loop()
         metrics = self.app.state.metrics
         pipeline = self.app.state.pipeline

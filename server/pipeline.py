@@ -16,7 +16,7 @@ import numpy as np
 
 from server.classifier import EmotionClassifier
 from server.detector import Detection, FaceDetector, create_detector
-from server.schemas import Box, Face
+from server.schemas import Box, Face, PredictResponse
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -253,6 +253,7 @@ class EmotionPipeline:
         detector = create_detector(
             settings.detector,
             resolve_path(Path(settings.yunet_path)),
+            yunet_sha256=settings.yunet_sha256 or None,
             yunet_score_threshold=settings.yunet_score_threshold,
             yunet_nms_threshold=settings.yunet_nms_threshold,
             haar_scale_factor=settings.haar_scale_factor,
@@ -353,3 +354,18 @@ class EmotionPipeline:
         t2 = time.perf_counter()
         timings = {"detect": (t1 - t0) * 1e3, "classify": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
         return faces, {k: round(v, 3) for k, v in timings.items()}
+
+
+def predict_bytes(
+    pipeline: EmotionPipeline, data: bytes, settings: Settings, max_faces: int | None = None
+) -> PredictResponse:
+    """Decode + predict one encoded image: the answer of ``POST /predict`` and of one ``WS /ws`` frame.
+
+    Runs in the app's thread pool; ``InputError`` for input that is not a decodable image within the limits.
+    """
+    t0 = time.perf_counter()
+    image = decode_image(data, settings)
+    decode_ms = (time.perf_counter() - t0) * 1e3
+    faces, timings = pipeline.predict(image, max_faces)
+    timings = {"decode": round(decode_ms, 3), **timings, "total": round(decode_ms + timings["total"], 3)}
+    return PredictResponse(width=image.shape[1], height=image.shape[0], faces=faces, timings_ms=timings)

@@ -83,6 +83,9 @@ class ModelInfo(BaseModel):
     metadata: dict[str, str] = Field(description="All metadata_props of the ONNX file.")
     detector: str = Field(description="Face detector in use: 'yunet' or 'haar'.")
     detector_path: str | None = Field(None, description="Model file of the detector (None for the bundled Haar).")
+    detector_fallback: str | None = Field(
+        None, description="Why the Haar cascade stands in for YuNet (its file missing or failing its sha256 check)."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -243,3 +243,11 @@ def test_python_m_server_starts_with_env_and_flags(model_path: Path, tmp_path: P
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "face detector: haar" in out
+
+
+def test_model_says_why_haar_stands_in_for_yunet(model_path: Path, tmp_path: Path) -> None:
+    settings = make_settings(model_path, "auto", tmp_path / "no-yunet.onnx")
+    with LiveServer(create_app(settings)) as server:
+        info = httpx.get(server.url + "/model").json()
+    assert info["detector"] == "haar" and info["detector_path"] is None
+    assert "YuNet model not found" in info["detector_fallback"]

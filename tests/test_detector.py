@@ -14,7 +14,8 @@ import pytest
 from conftest import ASTRONAUT_FACE, iou
 
 from server import download
-from server.detector import HaarDetector, YuNetDetector, create_detector
+from server.config import Settings, data_dir, resolve_path
+from server.detector import YUNET_FILE, YUNET_SHA256, DetectorError, HaarDetector, YuNetDetector, create_detector
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +68,80 @@ def test_auto_falls_back_to_haar_when_yunet_is_missing(tmp_path: Path, caplog: p
         det = create_detector("auto", tmp_path / "missing.onnx")
     assert det.name == "haar"
     assert "falling back to the Haar cascade" in caplog.text
+    assert det.fallback_reason is not None and "not found" in det.fallback_reason
 
 
 def test_auto_prefers_yunet(yunet_path: Path) -> None:
-    assert create_detector("auto", yunet_path).name == "yunet"
+    det = create_detector("auto", yunet_path)
+    assert det.name == "yunet" and det.fallback_reason is None
 
 
 def test_explicit_yunet_without_file_fails_clearly(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="python -m server.download"):
+    with pytest.raises(DetectorError, match="python -m server.download"):
         create_detector("yunet", tmp_path / "missing.onnx")
+
+
+@pytest.fixture
+def tampered_yunet(yunet_path: Path, tmp_path: Path) -> Path:
+    """The real YuNet file with one weight byte changed near the end: still loads in OpenCV, wrong sha256."""
+    data = bytearray(yunet_path.read_bytes())
+    data[-100] ^= 0x01
+    path = tmp_path / YUNET_FILE
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_yunet_with_the_wrong_sha256_is_refused(tampered_yunet: Path) -> None:
+    with pytest.raises(DetectorError, match="sha256") as excinfo:
+        YuNetDetector(tampered_yunet)
+    message = str(excinfo.value)
+    assert YUNET_SHA256 in message and "python -m server.download" in message
+    with pytest.raises(DetectorError, match="sha256"):
+        create_detector("yunet", tampered_yunet)
+    # The check is what refuses it: without one the same file loads.
+    assert YuNetDetector(tampered_yunet, sha256=None).name == "yunet"
+
+
+def test_auto_falls_back_visibly_on_a_tampered_yunet(tampered_yunet: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        det = create_detector("auto", tampered_yunet)
+    assert det.name == "haar"
+    assert det.fallback_reason is not None and "sha256" in det.fallback_reason
+    assert "sha256" in caplog.text and "falling back to the Haar cascade" in caplog.text
 
 
 def test_yunet_refuses_a_broken_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
-    with pytest.raises(cv2.error):
+    with pytest.raises(DetectorError, match="sha256"):
         YuNetDetector(bad)
+    with pytest.raises(cv2.error):
+        YuNetDetector(bad, sha256=None)
+
+
+def test_yunet_ships_in_models_and_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = data_dir("models") / YUNET_FILE
+    assert shipped.is_file() and shipped.stat().st_size == 232_589
+    assert download.sha256_of(shipped) == YUNET_SHA256
+    assert (shipped.parent / "LICENSE-yunet.txt").read_text().count("MIT License") == 1
+    # The default settings resolve to the shipped file from any working directory, and "auto" picks it.
+    for name in ("EMOTION_YUNET_PATH", "EMOTION_DETECTOR", "EMOTION_YUNET_SHA256"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert resolve_path(settings.yunet_path) == shipped
+    assert create_detector(settings.detector, resolve_path(settings.yunet_path)).name == "yunet"
+
+
+def test_resolve_path_prefers_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path(Path("models/emotion_ferplus.onnx")) == data_dir("models") / "emotion_ferplus.onnx"
+    assert resolve_path(Path("web")) == data_dir("web")
+    assert resolve_path(Path("models/nothing.onnx")) == Path("models/nothing.onnx")  # missing: reported as given
+    assert resolve_path(Path("other/x.onnx")) == Path("other/x.onnx")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "emotion_ferplus.onnx").write_bytes(b"mine")
+    assert resolve_path(Path("models/emotion_ferplus.onnx")) == Path("models/emotion_ferplus.onnx")
 
 
 # --- download step (file:// URLs: the same code path as https, without a network) ----------------------------
@@ -138,5 +197,5 @@ def test_fetch_tries_the_next_url(tmp_path: Path, source: tuple[str, str, bytes]
 
 
 def test_pinned_yunet_hash_matches_the_reference_copy(yunet_path: Path) -> None:
-    assert download.sha256_of(yunet_path) == download.YUNET_SHA256
+    assert download.sha256_of(yunet_path) == YUNET_SHA256
     assert all(download.YUNET_COMMIT in u for u in download.YUNET_URLS)

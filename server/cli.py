@@ -1,12 +1,13 @@
 """``emotion``: the pipeline from a terminal, in-process (no server needed).
 
-    emotion image PATH...                                   each face of each image
-    emotion video PATH [--every S] [--crops DIR] [--json]   one line per analysed second: 00:00:03  happy  73%
-    emotion webcam [--device N|PATH|URL] [--every S]        one line per second until Ctrl-C
+    emotion image PATH|DIR...                               each face of each image (of a folder's images)
+    emotion video PATH [--every S] [--crops DIR] [--json]   one line per analysed second: 00:00:03  happy  73%,
+                                                            then a summary line
+    emotion webcam [--device N|PATH|URL] [--every S] [--crops DIR]   one line per second until Ctrl-C
     emotion serve [--host H] [--port P] [--workers N]       the HTTP service (like ``python -m server``)
 
-``--model`` and ``--detector`` (or the ``EMOTION_*`` environment variables) pick the models. Exit status: 0 done,
-1 a file could not be read or analysed, 2 bad usage, 130 interrupted.
+``--model``, ``--detector`` and ``--yunet`` (or the ``EMOTION_*`` environment variables) pick the models. Exit
+status: 0 done, 1 a file could not be read or analysed, 2 bad usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ if TYPE_CHECKING:
 
     from server.config import Settings
     from server.pipeline import EmotionPipeline
-    from server.schemas import Face, VideoFrame
+    from server.schemas import Face, VideoFrame, VideoSummary
 
 CROP_SIZE = 48  # crops are saved as the FER-style 48x48 grayscale the classifier family is trained on
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # what `emotion image DIR` picks up (what /predict takes)
 PROGRESS_MIN_SECONDS = 30.0  # shorter videos finish before a bar is worth drawing
 
 
@@ -65,6 +67,16 @@ def format_line(frame: VideoFrame, every: float = 1.0) -> str:
     return f"{format_timestamp(frame.t, every)}  {describe_faces(frame.faces)}"
 
 
+def format_summary(summary: VideoSummary) -> str:
+    """``summary  20 frames  10 with a face  10 s without  happy 80%, neutral 20%``: the API's summary in a line."""
+    shares = sorted(summary.emotion_share.items(), key=lambda kv: -kv[1])
+    emotions = ", ".join(f"{label} {round(share * 100)}%" for label, share in shares if share > 0) or "no face seen"
+    return (
+        f"summary  {summary.sampled} frames  {summary.with_face} with a face  "
+        f"{summary.seconds_without_face:g} s without  {emotions}"
+    )
+
+
 class ProgressBar:
     """``[#######-------]  42%  25/60 s`` on one line of a terminal; cleared before other output is printed."""
 
@@ -98,17 +110,25 @@ def load_settings(args: argparse.Namespace) -> Settings:
         overrides["model_path"] = args.model
     if args.detector is not None:
         overrides["detector"] = args.detector
+    if args.yunet is not None:
+        overrides["yunet_path"] = args.yunet
+        # Naming a YuNet file means using it: a missing or wrong file is an error, not a quiet fall back to Haar.
+        overrides.setdefault("detector", "yunet")
     return Settings(**overrides)
 
 
 def load_pipeline(settings: Settings) -> EmotionPipeline:
     from server.classifier import ModelError
+    from server.detector import DetectorError
     from server.pipeline import EmotionPipeline
 
     try:
-        return EmotionPipeline.from_settings(settings)
-    except (ModelError, FileNotFoundError) as exc:
+        pipeline = EmotionPipeline.from_settings(settings)
+    except (ModelError, DetectorError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
+    if pipeline.detector.fallback_reason:
+        print(f"emotion: warning: {pipeline.detector.fallback_reason}; using the Haar cascade", file=sys.stderr)
+    return pipeline
 
 
 def existing_file(path: Path) -> Path:
@@ -119,20 +139,35 @@ def existing_file(path: Path) -> Path:
     return path
 
 
+def image_paths(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files to classify: each file as given, each folder's images (sorted by name); and the problems found."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file")
+    return files, problems
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     from server.pipeline import InputError, decode_image
 
     settings = load_settings(args)
-    missing = [p for p in args.paths if not p.is_file()]
-    for path in missing:
-        print(f"emotion: error: {path}: no such file", file=sys.stderr)
-    if len(missing) == len(args.paths):
+    files, problems = image_paths(args.paths)
+    for problem in problems:
+        print(f"emotion: error: {problem}", file=sys.stderr)
+    if not files:
         return 1
     pipeline = load_pipeline(settings)
-    status = 1 if missing else 0
-    for path in args.paths:
-        if path in missing:
-            continue
+    status = 1 if problems else 0
+    for path in files:
         try:
             image = decode_image(path.read_bytes(), settings)
         except InputError as exc:
@@ -160,18 +195,39 @@ def cmd_image(args: argparse.Namespace) -> int:
     return status
 
 
-def save_crop(directory: Path, frame: VideoFrame, image: np.ndarray, every: float, margin: float) -> Path:
+def save_crop(directory: Path, t: float, face: Face, image: np.ndarray, every: float, margin: float) -> Path:
+    """The face as a 48x48 gray PNG named ``HH-MM-SS_<emotion>.png`` after its time (``--crops``)."""
     import cv2
 
     from server.pipeline import crop_face
 
-    face = frame.faces[0]
     crop = crop_face(image, face.box, margin, CROP_SIZE, 1)
-    stamp = format_timestamp(frame.t, every).replace(":", "-")
+    stamp = format_timestamp(t, every).replace(":", "-")
     path = directory / f"{stamp}_{face.emotion}.png"
     if not cv2.imwrite(str(path), crop):
         raise CliError(f"could not write {path}")
     return path
+
+
+def make_crops_dir(directory: Path | None) -> None:
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{directory}: cannot create the crops folder ({exc.strerror})") from exc
+
+
+def still_image_hint(path: Path) -> str | None:
+    """A hint when ``emotion video`` is given a photo (the API answers 415 for one)."""
+    from server.pipeline import image_format_and_size
+
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    found = image_format_and_size(head)
+    if found is None:
+        return None
+    return f"{path} is a still image ({found[0]}), not a video; for a photo run: emotion image {path}"
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -181,9 +237,10 @@ def cmd_video(args: argparse.Namespace) -> int:
     path = existing_file(args.path)
     if not EVERY_MIN <= args.every <= EVERY_MAX:
         raise CliError(f"--every must be between {EVERY_MIN} and {EVERY_MAX} seconds")
+    if hint := still_image_hint(path):
+        raise CliError(hint)
     pipeline = load_pipeline(load_settings(args))
-    if args.crops is not None:
-        args.crops.mkdir(parents=True, exist_ok=True)
+    make_crops_dir(args.crops)
     margin = pipeline.classifier.spec.crop_margin
     try:
         analysis = VideoAnalysis.open(path, pipeline, args.every)  # local files: no upload limits
@@ -202,7 +259,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             for item in analysis:
                 frame = item.result
                 if args.crops is not None and frame.faces:
-                    save_crop(args.crops, frame, item.sample.image, args.every, margin)
+                    save_crop(args.crops, frame.t, frame.faces[0], item.sample.image, args.every, margin)
                 if args.json:
                     frames.append(frame)
                 else:
@@ -216,6 +273,8 @@ def cmd_video(args: argparse.Namespace) -> int:
                 bar.clear()
             if args.json:
                 print(analysis.response(frames).model_dump_json(indent=2))
+            else:
+                print(format_summary(analysis.end().summary), flush=True)
     except InputError as exc:
         if bar is not None:
             bar.clear()
@@ -240,6 +299,8 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     if args.every <= 0:
         raise CliError("--every must be positive")
     pipeline = load_pipeline(load_settings(args))
+    make_crops_dir(args.crops)
+    margin = pipeline.classifier.spec.crop_margin
     cap = open_camera(args.device)
     # A file stands in for a camera at its own frame rate, so it gives one line per second too.
     fps = cap.get(cv2.CAP_PROP_FPS) if Path(args.device).is_file() else 0.0
@@ -262,9 +323,14 @@ def cmd_webcam(args: argparse.Namespace) -> int:
             frames_read += 1
             elapsed = time.monotonic() - start
             if elapsed >= next_at:
+                # The line (and crop) stands for the latest whole step of `every` reached: 00:00:01, 00:00:02 ...
+                # even when a prediction starts a little late, so each second has its own name.
+                slot = next_at + args.every * math.floor((elapsed - next_at) / args.every)
                 faces, _ = pipeline.predict(image)
-                print(f"{format_timestamp(elapsed, args.every)}  {describe_faces(faces)}", flush=True)
-                next_at += args.every * max(1, math.floor((elapsed - next_at) / args.every) + 1)
+                if args.crops is not None and faces:
+                    save_crop(args.crops, slot, faces[0], image, args.every, margin)
+                print(f"{format_timestamp(slot, args.every)}  {describe_faces(faces)}", flush=True)
+                next_at = slot + args.every
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how this command is meant to end
     finally:
@@ -279,6 +345,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["EMOTION_MODEL_PATH"] = str(args.model)
     if args.detector is not None:
         os.environ["EMOTION_DETECTOR"] = args.detector
+    if args.yunet is not None:
+        os.environ["EMOTION_YUNET_PATH"] = str(args.yunet)
+        os.environ.setdefault("EMOTION_DETECTOR", "yunet")
     argv = []
     for flag, value in (
         ("--host", args.host),
@@ -307,18 +376,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         choices=["auto", "yunet", "haar"],
         default=None,
-        help="face detector (env EMOTION_DETECTOR, default auto: YuNet when its file is present)",
+        help="face detector (env EMOTION_DETECTOR; default auto: the shipped YuNet, Haar if it cannot be loaded)",
+    )
+    common.add_argument(
+        "--yunet",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="YuNet model file (env EMOTION_YUNET_PATH; default the shipped one); implies --detector yunet",
     )
 
     parser = argparse.ArgumentParser(prog="emotion", description="Facial-emotion recognition from the terminal.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    image = commands.add_parser("image", parents=[common], help="classify every face in images")
-    image.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    image = commands.add_parser("image", parents=[common], help="classify every face in images (or folders of them)")
+    image.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image, or a folder of images")
     image.add_argument("--json", action="store_true", help="one JSON object per image, as POST /predict answers")
     image.set_defaults(func=cmd_image)
 
-    video = commands.add_parser("video", parents=[common], help="one line per analysed second of a video")
+    video = commands.add_parser(
+        "video", parents=[common], help="one line per analysed second of a video, then a summary line"
+    )
     video.add_argument("path", type=Path, metavar="PATH")
     video.add_argument(
         "--every", type=float, default=1.0, metavar="S", help="seconds between analysed frames (default %(default)s)"
@@ -328,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="save the classified face of each analysed frame as a 48x48 grayscale PNG",
+        help="save the classified face of each analysed frame as a 48x48 grayscale PNG named TIME_EMOTION.png",
     )
     video.add_argument("--json", action="store_true", help="print the JSON that POST /predict/video answers")
     video.add_argument(
@@ -344,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="0", metavar="N", help="camera index, or a video file / stream URL (default %(default)s)"
     )
     webcam.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between predictions")
+    webcam.add_argument(
+        "--crops",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save the largest face of each prediction as a 48x48 grayscale PNG named TIME_EMOTION.png",
+    )
     webcam.set_defaults(func=cmd_webcam)
 
     serve = commands.add_parser("serve", parents=[common], help="run the HTTP service (like python -m server)")

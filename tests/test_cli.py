@@ -17,8 +17,8 @@ import pytest
 from conftest import ROOT, LiveServer, make_settings, wait_until_ready
 from videos import face_then_no_face, faceless_frame, truncate
 
-from server.cli import format_line, format_timestamp
-from server.schemas import VideoFrame
+from server.cli import format_line, format_summary, format_timestamp
+from server.schemas import VideoFrame, VideoSummary
 
 LINE = re.compile(r"^\d\d:\d\d:\d\d  (no face|[a-z]+  \d{1,3}%)$")
 
@@ -70,7 +70,8 @@ def test_video_lines_and_crops(model_path: Path, clip: Path, tmp_path: Path) -> 
     crops = tmp_path / "crops"
     result = emotion(model_path, "video", clip, "--crops", crops)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    *lines, summary = result.stdout.splitlines()
+    assert summary.startswith("summary  20 frames  10 with a face  10 s without  ")
     assert len(lines) in (20, 21)
     assert all(LINE.match(line) for line in lines), lines
     assert lines[0].startswith("00:00:00  ") and lines[19].startswith("00:00:19  ")
@@ -88,6 +89,7 @@ def test_video_lines_and_crops(model_path: Path, clip: Path, tmp_path: Path) -> 
 def test_cli_lines_match_the_api(model_path: Path, clip: Path, server: LiveServer) -> None:
     body = api_video(server, clip)
     expected = [format_line(VideoFrame.model_validate(f)) for f in body["frames"]]
+    expected.append(format_summary(VideoSummary.model_validate(body["summary"])))
     result = emotion(model_path, "video", clip)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == expected
@@ -116,6 +118,7 @@ def test_fractional_every_shows_milliseconds(model_path: Path, clip: Path) -> No
         "00:00:00.000",
         "00:00:07.480",
         "00:00:15.000",
+        "summary",
     ]
 
 
@@ -123,7 +126,7 @@ def test_progress_bar_on_stderr(model_path: Path, clip: Path) -> None:
     result = emotion(model_path, "video", clip, "--every", "5", "--progress")
     assert result.returncode == 0, result.stderr
     assert "100%" in result.stderr and "20/20 s" in result.stderr
-    assert len(result.stdout.splitlines()) == 4  # the bar never lands on stdout
+    assert len(result.stdout.splitlines()) == 4 + 1  # the bar never lands on stdout (4 lines and the summary)
     quiet = emotion(model_path, "video", clip, "--every", "5")
     assert quiet.stderr.strip() == ""  # not a terminal: no bar unless asked
 
@@ -173,12 +176,18 @@ def test_image_command(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path, 
 def test_webcam_reads_a_device_until_it_ends(model_path: Path, tmp_path: Path) -> None:
     # A file stands in for the camera and plays at its own frame rate: 3 s -> a line at 0, 1 and 2 s.
     clip = face_then_no_face(tmp_path / "cam.avi", 2, 1)
-    result = emotion(model_path, "webcam", "--device", clip, timeout=60)
+    crops = tmp_path / "crops"
+    result = emotion(model_path, "webcam", "--device", clip, "--crops", crops, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     # Wall-clock pacing: a slow machine may add a line at the very end (frame 74 of 75 shown at 2.96 s).
     assert [line[:8] for line in lines[:3]] == ["00:00:00", "00:00:01", "00:00:02"] and len(lines) <= 4, lines
     assert "%" in lines[0] and lines[-1].endswith("no face")
+    # --crops: one 48x48 face per line with a face, named after the line's time and emotion.
+    with_face = [line for line in lines if "%" in line]
+    expected = [f"{line[:8].replace(':', '-')}_{line.split()[1]}.png" for line in with_face]
+    assert sorted(f.name for f in crops.iterdir()) == expected
+    assert all(cv2.imread(str(f), cv2.IMREAD_UNCHANGED).shape == (48, 48) for f in crops.iterdir())
     missing = emotion(model_path, "webcam", "--device", tmp_path / "no_camera.avi")
     assert missing.returncode == 1 and "could not open" in missing.stderr
 
@@ -229,3 +238,62 @@ def test_console_script_is_declared() -> None:
     result = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
     assert all(cmd in result.stdout for cmd in ("image", "video", "webcam", "serve"))
+
+
+def test_image_command_takes_a_folder(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "b_astronaut.JPG").write_bytes(astronaut_jpeg)
+    cv2.imwrite(str(photos / "a_coffee.png"), faceless_frame())
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "sub").mkdir()
+    result = emotion(model_path, "image", photos)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{photos / 'a_coffee.png'}  no face"
+    assert lines[1].startswith(f"{photos / 'b_astronaut.JPG'}  face 1  ") and len(lines) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = emotion(model_path, "image", empty)
+    assert result.returncode == 1 and "no images in this folder" in result.stderr
+
+
+def test_video_given_a_photo_suggests_emotion_image(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    result = emotion(model_path, "video", photo)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "still image" in result.stderr and f"emotion image {photo}" in result.stderr
+
+
+def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def test_yunet_flag(
+    model_path: Path, yunet_path: Path, astronaut_jpeg: bytes, tmp_path: Path, yunet_pipeline, haar_pipeline
+) -> None:
+    from server.pipeline import decode_image
+
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    good = run_cli("image", photo, "--json", "--model", model_path, "--yunet", yunet_path)
+    assert good.returncode == 0, good.stderr
+    faces = json.loads(good.stdout)["faces"]
+    # The flag picked YuNet: the same box and score as YuNet in-process, not Haar's.
+    image = decode_image(astronaut_jpeg)
+    (yunet_face,), _ = yunet_pipeline.predict(image)
+    (haar_face,), _ = haar_pipeline.predict(image)
+    assert haar_face.detection_score != yunet_face.detection_score
+    assert len(faces) == 1 and faces[0]["box"] == yunet_face.box.model_dump()
+    assert faces[0]["detection_score"] == pytest.approx(yunet_face.detection_score, abs=1e-4)
+    tampered = tmp_path / "yunet.onnx"
+    data = bytearray(yunet_path.read_bytes())
+    data[-100] ^= 1
+    tampered.write_bytes(bytes(data))
+    bad = run_cli("image", photo, "--model", model_path, "--yunet", tampered)
+    assert bad.returncode == 1 and "sha256" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("image", photo, "--model", model_path, "--yunet", tmp_path / "none.onnx")
+    assert missing.returncode == 1 and "YuNet model not found" in missing.stderr

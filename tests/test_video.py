@@ -417,3 +417,22 @@ def test_frames_match_the_pipeline_on_the_same_frames(
         faces, _ = haar_pipeline.predict(image)  # type: ignore[attr-defined]
         assert [x.model_dump() for x in faces] == f["faces"]
     cap.release()
+
+
+def test_the_pages_every_field_has_the_apis_limits() -> None:
+    """The page clamps `every` to its input's min/max: they must be the limits POST /predict/video enforces."""
+    from html.parser import HTMLParser
+
+    from conftest import ROOT
+
+    from server.video import EVERY_MAX, EVERY_MIN
+
+    found: dict[str, str | None] = {}
+
+    class FindEvery(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if dict(attrs).get("id") == "video-every":
+                found.update(attrs)
+
+    FindEvery().feed((ROOT / "web" / "index.html").read_text())
+    assert float(found["min"] or "nan") == EVERY_MIN and float(found["max"] or "nan") == EVERY_MAX

@@ -156,7 +156,8 @@ export function setupVideoPanel(getLabels, getModelDescription) {
     report = null;
     summaryText.textContent = '';
     bars.replaceChildren();
-    const seconds = Math.max(0.2, Number(every.value) || 1);
+    // The input's min and max are the API's limits (EVERY_MIN, EVERY_MAX in server/video.py; a test keeps them equal).
+    const seconds = Math.min(Number(every.max), Math.max(Number(every.min), Number(every.value) || 1));
     let labels = getLabels();
     // One bucket per analysed frame: each stands for `seconds` of the video.
     series.step = seconds;

@@ -156,6 +156,8 @@ def test_installed_server_uses_the_shipped_models(installed_server: str, venv: P
     assert Path(info["path"]).is_relative_to(venv) and Path(info["path"]).name == "emotion_ferplus.onnx"
     assert Path(info["detector_path"]).is_relative_to(venv) and info["detector_fallback"] is None
     assert hashlib.sha256(Path(info["detector_path"]).read_bytes()).hexdigest() == YUNET_SHA256
+    card = httpx.get(installed_server + "/model/card")  # MODEL_CARD.md travels beside the model in the wheel
+    assert card.status_code == 200 and card.text.startswith("# Model card")
 
 
 def test_installed_server_serves_the_page_and_predicts(installed_server: str, workdir: Path) -> None:

@@ -288,3 +288,30 @@ def test_shipped_plans_are_valid():
     for path in plans:
         plan = load_plan(path)
         assert plan["steps"] and plan.get("description")
+
+
+# --- int8 ------------------------------------------------------------------------------------------------------------
+
+
+def test_quantize_writes_an_int8_file_the_server_accepts(fer, tmp_path, capsys):
+    ds = load_fer2013(fer["csv"], fer["ferplus"])
+    train(TrainConfig(out=str(tmp_path / "run"), **TINY), data=ds, log=lambda _: None)
+    model = export_onnx(tmp_path / "run" / "best_ferplus.pt", tmp_path / "float.onnx", tta=False, crop_margin=0.2)
+    data = ["--data", str(fer["csv"]), "--ferplus", str(fer["ferplus"])]
+    out = tmp_path / "int8.onnx"
+    assert main(["quantize", str(model), str(out), *data, "--max-drop", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "float: PublicTest accuracy" in text and "int8 : PublicTest accuracy" in text
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Softmax"} <= ops
+    clf, ref = EmotionClassifier(out), EmotionClassifier(model)  # the server's contract checks pass
+    assert clf.spec.metadata["quantization"].startswith("int8") and clf.spec.crop_margin == 0.2
+    assert {k: v for k, v in clf.spec.metadata.items() if k != "quantization"} == ref.spec.metadata
+    faces = ds.images[ds.split("PublicTest")][:, 4:44, 4:44]
+    np.testing.assert_allclose(clf.infer(faces), ref.infer(faces), atol=0.1)  # close to the float model
+    # A file that loses more than allowed is not written.
+    refused = tmp_path / "refused.onnx"
+    assert main(["quantize", str(model), str(refused), *data, "--max-drop", "-101"]) == 1
+    assert not refused.exists() and "not written" in capsys.readouterr().out

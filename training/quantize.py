@@ -1,0 +1,131 @@
+"""`python -m training quantize MODEL OUT`: an int8 copy of an exported classifier, kept only if it is as accurate.
+
+onnxruntime's static quantization (QDQ format, per-channel int8 weights, uint8 activations) calibrated on FER2013
+Training faces preprocessed exactly as the server does. The softmax stays in float, so the output is still a
+probability distribution (the model contract). The copy keeps every metadata key and adds `quantization`. Both files
+are then scored on PublicTest through the server's own classifier and timed per face on one thread; the command
+fails (exit 1) when the int8 file loses more than `--max-drop` accuracy points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from training.data import FaceDataset, load_dataset
+
+
+def calibration_batches(ds: FaceDataset, path: str | Path, n: int = 512, batch: int = 32) -> list[np.ndarray]:
+    """Preprocessed Training faces (an even spread over the split), through the server's own preprocessing."""
+    import cv2
+
+    from server.classifier import EmotionClassifier
+
+    clf = EmotionClassifier(path)
+    h, w = clf.spec.input_size
+    idx = ds.split("Training")
+    idx = idx[:: max(1, len(idx) // n)][:n]
+    crops = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in ds.images[idx]])
+    x = clf.preprocess(crops)
+    return [x[i : i + batch] for i in range(0, len(x), batch)]
+
+
+def quantize(model: str | Path, out: str | Path, ds: FaceDataset) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    batches = calibration_batches(ds, model)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{name: b} for b in batches])
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(model), str(pre))
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"],  # the softmax stays float: outputs still sum to 1
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    source = onnx.load(str(model))
+    q = onnx.load(str(out))
+    meta = {p.key: p.value for p in source.metadata_props}
+    meta["quantization"] = "int8 (onnxruntime static QDQ, per-channel weights, 512 calibration faces)"
+    del q.metadata_props[:]
+    onnx.helper.set_model_props(q, meta)
+    onnx.save(q, str(out))
+    return out
+
+
+def per_face_ms(path: str | Path, repeats: int = 300) -> float:
+    from server.classifier import EmotionClassifier
+
+    clf = EmotionClassifier(path)  # one intra-op thread, as the server runs it
+    h, w = clf.spec.input_size
+    face = np.full((1, h, w), 128, np.uint8)
+    for _ in range(20):
+        clf.infer(face)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        clf.infer(face)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="int8 copy of an exported model, checked for accuracy and speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="exported float .onnx")
+    p.add_argument("out", help="int8 .onnx to write (may be the same path: replaced only if it passes)")
+    p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="CSV or .pack")
+    p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="'none' to skip")
+    p.add_argument("--max-drop", type=float, default=0.3, help="accuracy points the int8 file may lose (default 0.3)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_onnx
+
+    ds = load_dataset("fer2013", args.data, None if args.ferplus in ("none", "") else args.ferplus)
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = quantize(args.model, Path(tmp) / "int8.onnx", ds)
+        rows = {}
+        for label, path in (("float", args.model), ("int8", candidate)):
+            report = evaluate_onnx(path, ds)
+            rows[label] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ms": per_face_ms(path)}
+            print(
+                f"{label:5}: PublicTest accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
+                f"{rows[label]['ms']:.2f} ms per face (p50, one thread), {Path(path).stat().st_size / 1e6:.1f} MB"
+            )
+        drop = 100 * (rows["float"]["accuracy"] - rows["int8"]["accuracy"])
+        if drop > args.max_drop:
+            print(f"int8 loses {drop:.2f} accuracy points (> {args.max_drop}): {out} not written")
+            return 1
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(candidate.read_bytes())
+    print(f"wrote {out}: {json.dumps(rows)}")
+    return 0

@@ -165,15 +165,14 @@ def test_mixing_blends_images_and_targets_by_the_same_weight(mode):
     }
     masks = {"a": torch.ones(n, dtype=torch.bool)}
     masks["a"][0] = False
-    gen = torch.Generator().manual_seed(1)
-    torch.manual_seed(1)
-    mx, mt, mm = mix_batch(x, targets, masks, mode, 1.0, gen)
+    gen, rng = torch.Generator().manual_seed(1), np.random.default_rng(1)
+    mx, mt, mm = mix_batch(x, targets, masks, mode, 1.0, gen, rng)
     # Images are 0 or 1 everywhere, so each mixed image's mean is its share of "ones" pixels: the target says so.
     np.testing.assert_allclose(mx.mean((1, 2, 3)).numpy(), mt["a"][:, 1].numpy(), atol=1e-5)
     np.testing.assert_allclose(mt["a"].sum(1).numpy(), 1.0, atol=1e-6)
     assert not mm["a"][0] and int((~mm["a"]).sum()) == 2  # image 0 and the one that received image 0
     with pytest.raises(ValueError, match="unknown mix mode"):
-        mix_batch(x, targets, masks, "blend", 1.0, gen)
+        mix_batch(x, targets, masks, "blend", 1.0, gen, rng)
 
 
 # --- budgets, distillation, plans ------------------------------------------------------------------------------------

@@ -143,17 +143,19 @@ def mix_batch(
     mode: str,
     alpha: float,
     generator: torch.Generator,
+    rng: np.random.Generator,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Mixup (blend whole images) or CutMix (paste a box of another image); every target distribution is blended
-    by the same weight, and an image keeps a head's label only if both of its sources had one."""
+    by the same weight, and an image keeps a head's label only if both of its sources had one. The pairing is drawn
+    on the device (`generator`), the scalars on the host (`rng`), so a GPU never waits for a number."""
     n, size, dev = x.shape[0], x.shape[-1], x.device
     perm = torch.randperm(n, generator=generator, device=dev)
-    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 0.5
+    lam = float(rng.beta(alpha, alpha)) if alpha > 0 else 0.5
     if mode == "mixup":
         x = lam * x + (1 - lam) * x[perm]
     elif mode == "cutmix":
         side = int(round(size * math.sqrt(1 - lam)))
-        cy, cx = (torch.randint(0, size, (2,), generator=generator, device=dev)).tolist()
+        cy, cx = (int(v) for v in rng.integers(0, size, 2))
         y0, y1 = max(cy - side // 2, 0), min(cy + side - side // 2, size)
         x0, x1 = max(cx - side // 2, 0), min(cx + side - side // 2, size)
         x = x.clone()
@@ -194,21 +196,34 @@ def predict(net: EmotionNet, images: np.ndarray, cfg: TrainConfig, batch: int = 
     return {h: np.concatenate(v) for h, v in outs.items()}
 
 
+def masked_mean(per_row: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the rows a head has labels for, without boolean indexing (which would make a GPU wait)."""
+    if mask is None:
+        return per_row.mean()
+    return (per_row * mask).sum() / mask.sum().clamp_min(1)
+
+
 def soft_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, smoothing: float
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    smoothing: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     k = target.shape[1]
     target = target * (1 - smoothing) + smoothing / k
     per_row = -(target * F.log_softmax(logits, 1) * weight).sum(1)
-    return per_row.mean()
+    return masked_mean(per_row, mask)
 
 
-def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distill_loss(
+    logits: torch.Tensor, teacher: torch.Tensor, temperature: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hinton et al.: cross-entropy to the teachers' distribution, both softened by T, scaled by T^2 so the
     gradient's size does not depend on T. `teacher` holds probabilities at T = 1."""
-    soft = teacher.clamp_min(1e-8).log() / temperature
-    soft = F.softmax(soft, 1)
-    return -(soft * F.log_softmax(logits / temperature, 1)).sum(1).mean() * temperature**2
+    soft = F.softmax(teacher.clamp_min(1e-8).log() / temperature, 1)
+    per_row = -(soft * F.log_softmax(logits / temperature, 1)).sum(1)
+    return masked_mean(per_row, mask) * temperature**2
 
 
 def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
@@ -283,6 +298,7 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         epoch = state["epoch"] + 1
         net.train()
         gen.manual_seed(cfg.seed * 1000 + epoch)
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         order = torch.from_numpy(train_idx).to(device)[torch.randperm(len(train_idx), generator=gen, device=device)]
         t0, total, seen = time.time(), torch.zeros((), device=device), 0
         for step in range(steps_per_epoch):
@@ -299,22 +315,20 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
             m_batch = {h: masks[h][idx] for h in heads}
             if teacher is not None:
                 t_batch.update({f"teacher/{h}": p for h, p in teacher.stored(idx).items()})
-            if cfg.mix != "none" and torch.rand((), generator=gen, device=device).item() < cfg.mix_prob:
-                x, t_batch, m_batch = mix_batch(x, t_batch, m_batch, cfg.mix, cfg.mix_alpha, gen)
+            if cfg.mix != "none" and rng.random() < cfg.mix_prob:
+                x, t_batch, m_batch = mix_batch(x, t_batch, m_batch, cfg.mix, cfg.mix_alpha, gen, rng)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = net(x)
                 online = teacher.online(x) if teacher is not None else {}
             loss = torch.zeros((), device=device)
             for h in heads:
-                mask = m_batch[h]
-                if not mask.any():
-                    continue
-                hard = soft_cross_entropy(logits[h][mask].float(), t_batch[h][mask], weights[h], cfg.label_smoothing)
+                mask, out_h = m_batch[h].float(), logits[h].float()
+                hard = soft_cross_entropy(out_h, t_batch[h], weights[h], cfg.label_smoothing, mask)
                 soft = online.get(h, t_batch.get(f"teacher/{h}"))
                 if soft is None:
                     loss = loss + hard
                 else:
-                    kd = distill_loss(logits[h][mask].float(), soft[mask].float(), cfg.distill_temperature)
+                    kd = distill_loss(out_h, soft.float(), cfg.distill_temperature, mask)
                     loss = loss + (1 - cfg.distill_weight) * hard + cfg.distill_weight * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -193,11 +193,18 @@ def test_time_budget_shortens_the_schedule_and_keeps_the_best(fer, tmp_path):
 
 def test_budget_fits_the_remaining_epochs_into_the_time_left():
     state = {"epoch": 2, "epochs": 100}
-    _fit_budget(state, [10.0, 12.0, 10.0], time.time() + 35, lambda _: None)  # 3 more epochs of ~10 s fit
+    _fit_budget(state, [10.0, 12.0, 10.0], time.time() + 35, 100, lambda _: None)  # 3 more epochs of ~10 s fit
     assert state == {"epoch": 2, "epochs": 5, "shortened": True}
-    roomy = {"epoch": 2, "epochs": 4}
-    _fit_budget(roomy, [10.0], time.time() + 3600, lambda _: None)
-    assert roomy == {"epoch": 2, "epochs": 4}
+    # Faster than feared while warming up (the first epoch shared the machine): the schedule grows back ...
+    slow_start = {"epoch": 2, "epochs": 20}
+    _fit_budget(slow_start, [100.0, 10.0, 10.0], time.time() + 305, 100, lambda _: None)
+    assert slow_start == {"epoch": 2, "epochs": 32, "shortened": True}
+    _fit_budget(slow_start, [10.0], time.time() + 3600, 100, lambda _: None)  # ... never past --epochs
+    assert slow_start == {"epoch": 2, "epochs": 100, "shortened": False}
+    # ... but not once it is annealing: a longer curve would raise the learning rate again.
+    annealing = {"epoch": 10, "epochs": 20}
+    _fit_budget(annealing, [10.0], time.time() + 3600, 100, lambda _: None)
+    assert annealing == {"epoch": 10, "epochs": 20}
     lrs = [one_cycle_lr(s, 5 * 10, 0.05) for s in range(20, 51)]  # after the cut: the shorter curve to its end
     assert lrs[-1] == pytest.approx(0.05 / 1e4)
 

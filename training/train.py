@@ -358,7 +358,7 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         state["history"].append(row)
         state["epoch"] = epoch
         epoch_seconds.append(time.time() - t0)
-        _fit_budget(state, epoch_seconds, deadline, log)
+        _fit_budget(state, epoch_seconds, deadline, cfg.epochs, log)
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         torch.save(
             {"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state()},
@@ -369,15 +369,19 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     return state
 
 
-def _fit_budget(state: dict, epoch_seconds: list[float], deadline: float, log) -> None:
-    """Shorten the schedule so its last epoch (full learning-rate annealing included) ends inside the budget."""
+def _fit_budget(state: dict, epoch_seconds: list[float], deadline: float, max_epochs: int, log) -> None:
+    """Re-plan the schedule so that its last epoch (full learning-rate annealing included) ends inside the budget:
+    shorten it whenever it would overrun; lengthen it (up to `max_epochs`) only while still warming up, where a
+    longer curve changes little, e.g. when the first epochs were slowed by another job."""
     if math.isinf(deadline) or state["epoch"] >= state["epochs"]:
         return
-    per_epoch = float(np.median(epoch_seconds))
-    fits = state["epoch"] + int((deadline - time.time()) / per_epoch)
-    if fits < state["epochs"]:
-        log(f"budget: {per_epoch:.1f} s per epoch, the schedule is shortened to {max(fits, state['epoch'])} epochs")
-        state["epochs"], state["shortened"] = max(fits, state["epoch"]), True
+    per_epoch = float(np.median(epoch_seconds[-3:]))
+    fits = max(state["epoch"], min(max_epochs, state["epoch"] + int((deadline - time.time()) / per_epoch)))
+    warming_up = state["epoch"] < 0.2 * state["epochs"]
+    if fits < state["epochs"] or (fits > state["epochs"] and warming_up):
+        verb = "shortened" if fits < state["epochs"] else "lengthened"
+        log(f"budget: {per_epoch:.1f} s per epoch, the schedule is {verb} to {fits} epochs")
+        state["epochs"], state["shortened"] = fits, fits < max_epochs
 
 
 def _checkpoint(net: EmotionNet, cfg: TrainConfig, ds: FaceDataset, head: str) -> dict:

@@ -1,9 +1,11 @@
-"""Does an adversarial photo survive JPEG? The attack of `python -m training attack`, then re-encoding.
+"""Does an adversarial photo survive what happens to photos? The attack of `python -m training attack`, then JPEG
+re-encoding, smaller copies, sensor-like noise, a slight rotation and a mirror image.
 
 For each of the first --n photos of a labelled folder (labels.csv + images/, e.g. ../shared/datasets/faces-in-the-wild)
 whose largest face the model does not already call --target, the attack searches the smallest budget that makes the
-server's pipeline say the target; the hacked photo is then re-encoded as JPEG at each --quality and sent through the
-same pipeline (decode, detect, crop, ONNX) again. Prints one line per photo and the survival rate per format.
+server's pipeline say the target; the hacked photo then goes through each treatment and the same pipeline (decode,
+detect, crop, ONNX) again. The untouched photo gets the same treatments as a control. Prints one line per photo and
+the share of flipped photos that still say the target after each treatment.
 
     python benchmarks/bench_attack.py --n 40 --json attack_jpeg.json
 """
@@ -74,12 +76,10 @@ def main() -> int:
             continue  # already the target
         row: dict = {"file": name, "before": result.before.emotion, "budget": result.budget}
         if result.budget is not None:
-            for key, encode in _transforms(args.quality).items():
-                data, scale = encode(result.hacked)
-                row[key] = _says(pipeline, data, result.face, scale) == args.target
+            for key, treat in _transforms(args.quality).items():
+                row[key] = _says(pipeline, *treat(result.hacked, result.face)) == args.target
                 # The control: the same treatment of the untouched photo must not say the target by itself.
-                data, scale = encode(image)
-                row["clean_" + key] = _says(pipeline, data, result.face, scale) == args.target
+                row["clean_" + key] = _says(pipeline, *treat(image, result.face)) == args.target
         rows.append(row)
         flags = "  ".join(f"{k} {'yes' if v else 'no'}" for k, v in row.items() if isinstance(v, bool))
         print(f"{name:<40} {row['before']:<9} budget {row['budget']}/255  {flags}", flush=True)
@@ -102,24 +102,54 @@ def main() -> int:
     return 0
 
 
-def _transforms(qualities: list[int]) -> dict[str, Callable[[np.ndarray], tuple[bytes, float]]]:
-    """What a photo goes through on its way to a server: name -> image -> (encoded bytes, scale of the image)."""
-
-    def png(image: np.ndarray) -> tuple[bytes, float]:
-        return cv2.imencode(".png", image)[1].tobytes(), 1.0
-
-    def jpeg(q: int) -> Callable[[np.ndarray], tuple[bytes, float]]:
-        return lambda image: (cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes(), 1.0)
-
-    def half(image: np.ndarray) -> tuple[bytes, float]:  # a smaller copy, as a messenger or a thumbnail makes
-        small = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
-        return cv2.imencode(".png", small)[1].tobytes(), 0.5
-
-    return {"png": png, **{f"jpeg{q}": jpeg(q) for q in qualities}, "half_size": half}
+Treatment = Callable[[np.ndarray, tuple[float, ...]], tuple[bytes, tuple[float, ...]]]
 
 
-def _says(pipeline: EmotionPipeline, data: bytes, face: tuple[float, ...], scale: float) -> str | None:
-    return predict_face(pipeline, decode_image(data), [v * scale for v in face]).emotion
+def _transforms(qualities: list[int]) -> dict[str, Treatment]:
+    """What a photo may go through on its way to a server: name -> (image, face box) -> (file bytes, face box in the
+    new image). The face box only serves to pick the same face among the detections."""
+
+    def png(image: np.ndarray, face: tuple[float, ...]) -> tuple[bytes, tuple[float, ...]]:
+        return cv2.imencode(".png", image)[1].tobytes(), face
+
+    def jpeg(q: int) -> Treatment:
+        return lambda image, face: (cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes(), face)
+
+    def scaled(s: float) -> Treatment:  # a smaller copy, as a messenger or a thumbnail makes
+        def run(image: np.ndarray, face: tuple[float, ...]) -> tuple[bytes, tuple[float, ...]]:
+            size = (round(image.shape[1] * s), round(image.shape[0] * s))
+            return png(cv2.resize(image, size, interpolation=cv2.INTER_AREA), tuple(v * s for v in face))
+
+        return run
+
+    def rotated(image: np.ndarray, face: tuple[float, ...]) -> tuple[bytes, tuple[float, ...]]:
+        # 3 degrees about the face centre: a camera held slightly differently
+        h, w = image.shape[:2]
+        m = cv2.getRotationMatrix2D((face[0] + face[2] / 2, face[1] + face[3] / 2), 3.0, 1.0)
+        return png(cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT), face)
+
+    def noisy(image: np.ndarray, face: tuple[float, ...]) -> tuple[bytes, tuple[float, ...]]:
+        # sensor-like noise, 2 grey levels standard deviation, fixed seed
+        noise = np.random.default_rng(0).normal(0, 2.0, image.shape)
+        return png(np.clip(image + noise, 0, 255).round().astype(np.uint8), face)
+
+    def mirrored(image: np.ndarray, face: tuple[float, ...]) -> tuple[bytes, tuple[float, ...]]:
+        x, y, w, h = face
+        return png(image[:, ::-1].copy(), (image.shape[1] - x - w, y, w, h))
+
+    return {
+        "png": png,
+        **{f"jpeg{q}": jpeg(q) for q in qualities},
+        "half_size": scaled(0.5),
+        "scale_0.8": scaled(0.8),
+        "noise_2": noisy,
+        "rotate_3": rotated,
+        "mirror": mirrored,
+    }
+
+
+def _says(pipeline: EmotionPipeline, data: bytes, face: tuple[float, ...]) -> str | None:
+    return predict_face(pipeline, decode_image(data), face).emotion
 
 
 if __name__ == "__main__":

@@ -307,3 +307,13 @@ def test_eval_cli_on_synthetic_fer_files(tmp_path, tiny_model, capsys):
     assert rows[8]["untargeted_accuracy"] == 0.0 and rows[8]["targeted_success"] == 1.0
     assert rows[1]["untargeted_accuracy"] <= clean
     assert "random sign noise" in capsys.readouterr().out
+
+
+def test_attack_refuses_eye_aligned_crops_it_cannot_rebuild(tmp_path, yunet_path, astronaut_bgr):
+    """crop_face turns the crop when the model says `align: eyes`; the attack must not pretend to reproduce that."""
+    aligned = build_onnx_model(tmp_path / "aligned.onnx", metadata={"align": "eyes"})
+    pipeline = EmotionPipeline.from_settings(make_settings(aligned, "yunet", yunet_path))
+    tilted = cv2.warpAffine(astronaut_bgr, cv2.getRotationMatrix2D((224, 120), 12, 1.0), (512, 512))
+    attacker = PhotoAttacker(DifferentiableClassifier(aligned, log=_quiet), pipeline, log=_quiet)
+    with pytest.raises(AttackError, match="eye-aligned"):
+        attacker.attack(tilted, "sad")

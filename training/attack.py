@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from server.classifier import EmotionClassifier
-from server.pipeline import EmotionPipeline, decode_image, square_box
+from server.pipeline import MAX_ALIGN_DEGREES, EmotionPipeline, crop_face, decode_image, eye_angle, square_box
 from training.onnx_torch import OnnxModule, parity_check
 
 GRAY_FROM_BGR = (0.114, 0.587, 0.299)  # cv2.COLOR_BGR2GRAY
@@ -220,9 +220,16 @@ class PhotoAttacker:
         d = faces[face_index]
         face = (d.x, d.y, d.w, d.h)
         spec = self.model.spec
+        eyes = d.eyes() if getattr(spec, "align", "none") == "eyes" else None
+        if eyes is not None and 0.5 <= abs(eye_angle(eyes)) <= MAX_ALIGN_DEGREES:
+            # crop_face turns this crop (warpAffine) so the eyes are level; the graph here rebuilds the plain square.
+            raise AttackError(
+                f"the model asks for eye-aligned crops (align: eyes) and this face would be turned by "
+                f"{eye_angle(eyes):.1f} degrees; the attack reproduces only the unturned crop so far"
+            )
         h, w = image_bgr.shape[:2]
         crop_box = square_box(face, spec.crop_margin, w, h)
-        self._check_crop(image_bgr, face, crop_box)
+        self._check_crop(image_bgr, face, crop_box, eyes)
         before = predict_face(self.pipeline, image_bgr, face)
         result = PhotoAttack(target, face, crop_box, before, None, before, image_bgr.copy(), [], 0, 0)
         if before.emotion == target:
@@ -253,16 +260,16 @@ class PhotoAttacker:
         result.linf, result.changed_pixels = int(diff.max()), int((diff.max(axis=2) > 0).sum())
         return result
 
-    def _check_crop(self, image_bgr: np.ndarray, face: Sequence[float], crop_box: Box) -> None:
+    def _check_crop(self, image_bgr: np.ndarray, face: Sequence[float], crop_box: Box, eyes: object = None) -> None:
         """The torch crop must reproduce the server's ``crop_face`` before its gradients mean anything."""
-        from server.pipeline import crop_face
-
         spec = self.model.spec
+        extra = (eyes,) if eyes is not None else ()
         graph = CropGraph(crop_box, [crop_box], spec.input_size, spec.channels)
         x0, y0, x1, y1 = crop_box
         with torch.no_grad():
             ours = graph(torch.from_numpy(image_bgr[y0:y1, x0:x1].astype(np.float32)))[0].numpy()
-        theirs = crop_face(image_bgr, face, spec.crop_margin, spec.input_size, spec.channels).astype(np.float32)
+        theirs = crop_face(image_bgr, face, spec.crop_margin, spec.input_size, spec.channels, *extra)
+        theirs = theirs.astype(np.float32)
         theirs = theirs[None] if theirs.ndim == 2 else theirs.transpose(2, 0, 1)
         err = float(np.abs(ours - theirs).max())
         if err > 2:  # uint8 rounding of cv2's fixed-point paths moves a few pixels by one level, never more

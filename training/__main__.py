@@ -1,4 +1,4 @@
-"""`python -m training train|evaluate|export|pack|soft-targets|plan|quantize`: see `--help` of each."""
+"""`python -m training train|evaluate|export|pack|soft-targets|plan|quantize|attack`: see `--help` of each."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    from training import distill, evaluate, export, pack, plan, quantize  # noqa: PLC0415  (keeps `train --help` fast)
+    from training import attack, distill, evaluate, export, pack, plan, quantize  # noqa: PLC0415  (keeps `train --help` fast)
 
     export.add_parser(sub)
     evaluate.add_parser(sub)
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     distill.add_parser(sub)
     plan.add_parser(sub)
     quantize.add_parser(sub)
+    attack.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "train":
         from training.train import train

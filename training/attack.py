@@ -37,7 +37,7 @@ import torch
 
 from server.classifier import EmotionClassifier
 from server.pipeline import MAX_ALIGN_DEGREES, EmotionPipeline, crop_face, decode_image, eye_angle, square_box
-from training.onnx_torch import OnnxModule, parity_check
+from training.onnx_torch import QUANTIZED_ATOL, OnnxModule, parity_check
 
 GRAY_FROM_BGR = (0.114, 0.587, 0.299)  # cv2.COLOR_BGR2GRAY
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), as square_box returns
@@ -84,7 +84,7 @@ class DifferentiableClassifier:
     the torch graph is compared with it on random crops before use.
     """
 
-    def __init__(self, path: str | Path, atol: float = 1e-4, log: Callable[[str], None] = print):
+    def __init__(self, path: str | Path, atol: float | None = None, log: Callable[[str], None] = print):
         self.path = Path(path)
         self.classifier = EmotionClassifier(self.path)
         self.spec = self.classifier.spec
@@ -92,6 +92,8 @@ class DifferentiableClassifier:
         h, w = self.spec.input_size
         shape = (16, h, w) if self.spec.channels == 1 else (16, h, w, 3)
         crops = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        if atol is None:
+            atol = QUANTIZED_ATOL if self.net.quantized else 1e-4
         self.parity = parity_check(self.net, self.path, self.classifier.preprocess(crops), atol)
         log(f"parity: max |torch - onnxruntime| = {self.parity:.2e} on 16 random crops ({self.path.name})")
         c = self.spec.channels

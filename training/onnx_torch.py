@@ -253,6 +253,34 @@ def _shape(x: Tensor, *, attrs: Attrs) -> Tensor:
     return torch.tensor(list(x.shape)[start : None if end is None else int(end)], dtype=torch.int64)  # type: ignore[call-overload]
 
 
+def _per_axis(v: Tensor, x: Tensor, axis: int) -> Tensor:
+    """A per-channel scale / zero point shaped to broadcast along `axis` of `x` (a scalar stays a scalar)."""
+    if v.ndim == 0 or v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * x.ndim
+    shape[axis % x.ndim] = -1
+    return v.reshape(shape)
+
+
+_QUANT_RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+
+
+def _quantize(x: Tensor, scale: Tensor, zero: Tensor | None = None, *, attrs: Attrs) -> Tensor:
+    """QuantizeLinear as fake quantisation: integer values held in float, rounded half to even as ONNX does, with a
+    straight-through gradient (the rounding is treated as identity), so an int8 graph can still be attacked."""
+    axis = int(attrs.get("axis", 1))  # type: ignore[call-overload]
+    lo, hi = _QUANT_RANGES.get(zero.dtype if zero is not None else torch.uint8, (0, 255))
+    z = _per_axis(zero.float(), x, axis) if zero is not None else 0.0
+    q = x / _per_axis(scale.float(), x, axis) + z
+    return (q + (torch.round(q) - q).detach()).clamp(lo, hi)
+
+
+def _dequantize(x: Tensor, scale: Tensor, zero: Tensor | None = None, *, attrs: Attrs) -> Tensor:
+    axis = int(attrs.get("axis", 1))  # type: ignore[call-overload]
+    z = _per_axis(zero.float(), x, axis) if zero is not None else 0.0
+    return (x.float() - z) * _per_axis(scale.float(), x, axis)
+
+
 def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
     return lambda a, b, *, attrs: fn(a, b)
 
@@ -317,6 +345,8 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "Identity": _unary(lambda x: x),
     "Dropout": _unary(lambda x: x),  # inference: identity (the optional mask output is not supported)
     "Softmax": _softmax,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
     "LogSoftmax": lambda x, *, attrs, opset: _softmax(x, attrs=attrs, opset=opset, log=True),
 }
 _NEEDS_OPSET = {"Softmax", "LogSoftmax"}
@@ -349,6 +379,9 @@ class OnnxModule(torch.nn.Module):
         if len(inputs) != 1 or len(graph.output) != 1:
             raise UnsupportedModelError(f"expected one input and one output, got {inputs} and {len(graph.output)}")
         self.input_name, self.output_name = inputs[0], graph.output[0].name
+        # An int8 (QDQ) graph runs here as fake quantisation in float, while onnxruntime runs integer kernels: the
+        # two agree only to about one quantisation step, so parity is checked with QUANTIZED_ATOL for them.
+        self.quantized = any(n.op_type == "QuantizeLinear" for n in graph.node)
         self.nodes = [
             (
                 n.op_type,
@@ -369,6 +402,9 @@ class OnnxModule(torch.nn.Module):
                 kwargs["opset"] = self.opset
             env[outputs[0]] = OPS[op](*args, **kwargs)
         return env[self.output_name]
+
+
+QUANTIZED_ATOL = 5e-2
 
 
 def parity_check(module: OnnxModule, path: str | Path, inputs: np.ndarray, atol: float = 1e-4) -> float:

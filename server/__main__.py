@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from server.config import Settings
+from server.limits import uvicorn_options
 from server.metrics import MULTIPROC_ENV
 
 
@@ -52,16 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["EMOTION_WORKERS"] = str(args.workers)
     own_metrics_dir = prepare_metrics_dir() if args.workers > 1 else None
     try:
-        # uvicorn buffers a whole WebSocket message before the app sees it: cap that at the app's own frame limit
-        # (+1 so the app, not uvicorn, answers an oversize frame, with its 1009 close and message).
+        # Deadlines, keep-alive, connection and WebSocket message limits: server/limits.py.
         uvicorn.run(
             "server.app:app",
             host=args.host,
             port=args.port,
             workers=args.workers,
             log_level=args.log_level.lower(),
-            ws_max_size=defaults.ws_max_frame_bytes + 1,
             timeout_graceful_shutdown=defaults.shutdown_timeout,
+            **uvicorn_options(defaults),
         )
     finally:
         if own_metrics_dir is not None:

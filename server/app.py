@@ -1,17 +1,17 @@
 """The FastAPI application: routes, lifespan (models loaded once into ``app.state``), uploads, metrics.
 
-CPU work (decoding, detection, the classifier) runs in ``app.state.executor``, a thread pool sized to the cores,
-so the event loop only moves bytes. Uploads are parsed in memory with a byte cap while they stream in: Starlette's
+CPU work (decoding, detection, the classifier) runs in ``app.state.pool``, a thread pool sized to the cores with a
+bounded queue (``server/admission.py``), so the event loop only moves bytes.
+Uploads are parsed in memory with a byte cap while they stream in: Starlette's
 form parser spools files over 1 MB to disk, and nothing a user sends may be written anywhere.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,10 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from server import live
+from server.access import add_access_middleware
+from server.admission import ClientGone, Overloaded, WorkPool, disconnected
 from server.config import Settings, get_settings, resolve_path
+from server.limits import BodyDeadlineMiddleware, BodyTimeout
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.pipeline import EmotionPipeline, InputError, predict_bytes
@@ -56,9 +59,12 @@ def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, A
 ERROR_RESPONSES = error_responses(
     {
         400: "Empty, malformed or undecodable input",
+        401: "API key missing or wrong (only when the server has one)",
+        408: "The request body did not arrive in time",
         413: "Over the byte or pixel limit",
         415: "Not an image content type",
         422: "Missing `file` field or invalid parameter",
+        503: "Server busy: the work queue is full; retry after the Retry-After seconds",
     }
 )
 
@@ -97,6 +103,34 @@ class MetricsMiddleware:
             self.metrics.http_duration.labels(route=route).observe(time.perf_counter() - start)
 
 
+class BugMiddleware:
+    """An unhandled exception (a bug) becomes a 500 whose body names nothing of the server (no exception class, no
+    path); it is logged here. Not re-raised, unlike Starlette's ServerErrorMiddleware: uvicorn would then cut the
+    connection, and a client could see a reset instead of the answer."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_watched(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watched)
+        except Exception:
+            log.exception("unhandled error")
+            if started:
+                raise  # part of an answer is out: only closing the connection can tell the client
+            await JSONResponse({"detail": "internal server error"}, status_code=500)(scope, receive, send)
+
+
 # --- uploads ---------------------------------------------------------------------------------------------------
 
 
@@ -113,9 +147,24 @@ async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", 
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
-async def run_cpu(app: FastAPI, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in the app's CPU pool, off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(app.state.executor, fn, *args)
+async def run_cpu(request: Request, fn: Callable[..., T], *args: Any, admit: bool = True, watch: bool = True) -> T:
+    """Run ``fn(*args)`` in the app's CPU pool, off the event loop, once the request body has been read.
+
+    ``Overloaded`` (503) when ``admit`` and the queue is full. With ``watch``, a client that disconnects while the
+    job waits gets it dropped (``ClientGone``, answered 499 for the metrics); a streaming response watches itself.
+    """
+    pool: WorkPool = request.app.state.pool
+    client_gone = partial(disconnected, request.receive) if watch else None
+    return await pool.run(partial(fn, *args), admit=admit, client_gone=client_gone)
+
+
+ABSOLUTE_DIRS = re.compile(r"(?<![\w.])(?:/[^\s/]+)+/")
+
+
+def file_names_only(text: str | None) -> str | None:
+    """``text`` with the directories of absolute paths cut (``/srv/app/models/x.onnx`` -> ``x.onnx``): answers name
+    files, never where the server keeps them (the log has the full paths)."""
+    return ABSOLUTE_DIRS.sub("", text) if text else text
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -165,7 +214,7 @@ async def predict(
     app = request.app
     settings: Settings = app.state.settings
     data = await read_upload(request, max_bytes=settings.max_upload_bytes, kind="image")
-    result = await run_cpu(app, predict_bytes, app.state.pipeline, data, settings, max_faces)
+    result = await run_cpu(request, predict_bytes, app.state.pipeline, data, settings, max_faces)
     metrics: Metrics = app.state.metrics
     metrics.faces_detected.inc(len(result.faces))
     for stage in ("decode", "detect", "classify"):
@@ -212,18 +261,20 @@ async def predict_video(
     streaming = False
     try:
         # Opening probes the file and decodes the first frame: errors up to here are a real 4xx, also for ndjson.
-        analysis = await run_cpu(app, VideoAnalysis.open, path, app.state.pipeline, every, settings)
+        analysis = await run_cpu(request, VideoAnalysis.open, path, app.state.pipeline, every, settings)
         if format == "ndjson":
             # The generator deletes the file when it ends, fails or the client disconnects; the background task
             # (run after a disconnect too) covers a stream that was cancelled before its first line.
+            # Admitted once, above: the frames of an admitted video are never shed half-way. The response watches
+            # for a disconnect itself and cancels the stream, which drops the frame waiting for a thread.
             submit = app.state.executor.submit
-            lines = ndjson_lines(analysis, path, partial(run_cpu, app), submit)
+            lines = ndjson_lines(analysis, path, partial(run_cpu, request, admit=False, watch=False), submit)
             streaming = True
             return StreamingResponse(
                 lines, media_type="application/x-ndjson", background=BackgroundTask(discard, analysis, path, submit)
             )
         frames = []
-        while (frame := await run_cpu(app, analysis.next_frame)) is not None:
+        while (frame := await run_cpu(request, analysis.next_frame, admit=False)) is not None:
             frames.append(frame)
         return analysis.response(frames)
     finally:
@@ -236,7 +287,7 @@ async def model_info(request: Request) -> ModelInfo:
     pipeline: EmotionPipeline = request.app.state.pipeline
     spec = pipeline.classifier.spec
     return ModelInfo(
-        path=str(pipeline.classifier.path),
+        path=pipeline.classifier.path.name,
         labels=spec.labels,
         input_size=list(spec.input_size),
         channels=spec.channels,
@@ -245,8 +296,8 @@ async def model_info(request: Request) -> ModelInfo:
         crop_margin=spec.crop_margin,
         metadata=spec.metadata,
         detector=pipeline.detector.name,
-        detector_path=str(pipeline.detector.path) if pipeline.detector.path else None,
-        detector_fallback=pipeline.detector.fallback_reason,
+        detector_path=Path(pipeline.detector.path).name if pipeline.detector.path else None,
+        detector_fallback=file_names_only(pipeline.detector.fallback_reason),
     )
 
 
@@ -288,7 +339,7 @@ async def readyz(request: Request) -> ReadyResponse | JSONResponse:
     if pipeline is None or (shutdown is not None and shutdown.draining):
         draining = shutdown is not None and shutdown.draining
         return JSONResponse(ReadyResponse(ready=False, draining=draining).model_dump(), status_code=503)
-    return ReadyResponse(ready=True, model=str(pipeline.classifier.path), detector=pipeline.detector.name)
+    return ReadyResponse(ready=True, model=pipeline.classifier.path.name, detector=pipeline.detector.name)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (all worker processes)")
@@ -324,7 +375,20 @@ async def lifespan(app: FastAPI):
         "%d CPU thread(s), classifier providers %s", settings.cpu_threads, pipeline.classifier.session.get_providers()
     )
     app.state.pipeline = pipeline
-    app.state.executor = ThreadPoolExecutor(settings.cpu_threads, thread_name_prefix="emotion-cpu")
+    metrics: Metrics = app.state.metrics
+
+    def work_gauges(queued: int, running: int) -> None:
+        metrics.work_queue_depth.set(queued)
+        metrics.work_in_progress.set(running)
+
+    app.state.pool = WorkPool(
+        settings.cpu_threads,
+        settings.queue_size,
+        settings.retry_after,
+        on_skipped=metrics.work_skipped.inc,
+        on_change=work_gauges,
+    )
+    app.state.executor = app.state.pool.executor  # for clean-up jobs that need no admission (closing decoders)
     app.state.metrics.model_info.labels(
         model=pipeline.classifier.path.name, version=spec.metadata.get("version", ""), detector=pipeline.detector.name
     ).set(1)
@@ -336,7 +400,7 @@ async def lifespan(app: FastAPI):
     finally:
         app.state.shutdown.uninstall()
         app.state.pipeline = None
-        app.state.executor.shutdown(wait=False, cancel_futures=True)
+        app.state.pool.shutdown()
         app.state.metrics.process_exited()
 
 
@@ -353,7 +417,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.pipeline = None
+    app.add_middleware(BodyDeadlineMiddleware, total=settings.body_timeout, idle=settings.body_idle_timeout)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(BugMiddleware)
+    add_access_middleware(app, settings)  # outermost: refused requests are counted as unmatched, not routed
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -367,20 +434,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(BodyTimeout)
+    async def body_timeout(_: Request, exc: BodyTimeout) -> JSONResponse:
+        # The rest of the body may still be on its way: the connection cannot be reused.
+        return JSONResponse({"detail": exc.detail}, status_code=408, headers={"Connection": "close"})
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        # The route's template, never the path as sent: a label value a client could choose without bound.
+        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        request.app.state.metrics.requests_shed.labels(route=route).inc()
+        return JSONResponse({"detail": exc.detail}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(ClientDisconnect)
-    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+    async def client_disconnected(_: Request, exc: ClientDisconnect) -> Response:
         # The client closed the connection mid-upload: no one is left to answer, and it is not a server error.
         log.info("client disconnected before its upload was complete")
         return Response(status_code=499)  # nginx's "client closed request", for the metrics
 
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"}, status_code=500)
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, exc: ClientGone) -> Response:
+        log.info("client disconnected while its job waited for a thread: job dropped")
+        return Response(status_code=499)
+
 
     app.include_router(router)
     # Routers of other modules (video, live) are included here, before the static mount below.
     app.include_router(live.router)
+    live.ClientTextErrorFilter.install()
 
     web_dir = resolve_path(Path(settings.web_dir))
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.detector import YUNET_SHA256
 
@@ -26,6 +28,10 @@ def data_dir(name: str) -> Path:
         raise ValueError(f"unknown data folder {name!r}; expected one of {DATA_DIRS}")
     packaged = Path(str(resources.files("server") / name))
     return packaged if packaged.is_dir() else REPO_ROOT / name
+
+
+# The page sends the API key as a WebSocket subprotocol, which allows only these characters.
+API_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 
 
 def resolve_path(path: Path) -> Path:
@@ -104,6 +110,26 @@ class Settings(BaseSettings):
     ws_max_connections: int = Field(16, ge=1)
     ws_max_frame_bytes: int = Field(2 * 1024 * 1024, ge=1)
     ws_default_max_faces: int = Field(10, ge=1)  # per connection until the client sends {"max_faces": n}
+    ws_idle_timeout: float = Field(60.0, gt=0)  # a connection without any message for this long is closed (1001)
+    ws_max_age: float = Field(3600.0, gt=0)  # and any connection after this long (1001; the page reconnects)
+
+    # Deadlines (server/limits.py). uvicorn has none for reading a request: without them a client that sends its
+    # headers or body a byte at a time holds a connection forever.
+    header_timeout: float = Field(10.0, gt=0)  # connection open (or last answer sent) -> end of the next headers
+    body_timeout: float = Field(300.0, gt=0)  # whole body; 300 s is 512 MiB at ~14 Mbit/s
+    body_idle_timeout: float = Field(30.0, gt=0)  # longest pause between two chunks of a body
+    keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(512, ge=1)  # open connections + requests in flight; uvicorn answers 503 past it
+
+    # Admission control (server/admission.py): CPU jobs waiting for a thread beyond the running ones; past the
+    # queue a request is answered 503 with Retry-After at once instead of waiting behind work it cannot overtake.
+    queue_size: int = Field(64, ge=0)
+    retry_after: int = Field(1, ge=1)  # seconds, the Retry-After of a 503
+
+    # Access (server/access.py). All off by default: a service on 127.0.0.1 for its own page.
+    api_key: SecretStr | None = None  # required on /predict*, /ws and /metrics when set
+    allowed_origins: Annotated[list[str], NoDecode] = []  # other origins whose pages may call the API and /ws
+    trusted_hosts: Annotated[list[str], NoDecode] = []  # Host headers accepted (e.g. "emotion.example.org")
 
     web_dir: Path = Path("web")
 
@@ -118,6 +144,27 @@ class Settings(BaseSettings):
     @property
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+    @field_validator("allowed_origins", "trusted_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``EMOTION_ALLOWED_ORIGINS=https://a.example,https://b.example`` (or a JSON list)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _token_characters(cls, value: SecretStr | None) -> SecretStr | None:
+        # The page sends the key as a WebSocket subprotocol, which allows only these characters.
+        if value is None or not value.get_secret_value():
+            return None  # EMOTION_API_KEY= (empty) is "no key"
+        if not API_KEY_PATTERN.fullmatch(value.get_secret_value()):
+            raise ValueError("the API key must be 8 or more letters, digits or - . _ ~ characters")
+        return value
 
 
 @lru_cache

@@ -16,10 +16,14 @@ Messages from the server (all JSON text):
 - ack: ``{"type": "ack", "config": {"max_faces": n}}`` after a control message ``{"max_faces": n}`` (optionally with
   ``"type": "config"``); ``{"type": "ping"}`` gets ``{"type": "pong"}``.
 
-Close codes: 1009 for a frame over ``ws_max_frame_bytes``; 1013 (try again later) when ``ws_max_connections`` are
-already open, after an error message saying so; 1011 if the model is not loaded; 1001 (going away) when the server
-shuts down (``server.shutdown``): the frame in hand is answered first, and the client should reconnect at once
-(through a load balancer it reaches another replica).
+Close codes, each after an error message saying why: 1009 for a frame over ``ws_max_frame_bytes`` (a frame over
+twice that is cut off by the WebSocket layer while it arrives: 1009 without the message, the close reason names the
+limit); 1013 (try again later) when ``ws_max_connections`` are already open; 1001 (going away) after
+``ws_idle_timeout`` seconds without a message from the client or ``ws_max_age`` seconds in all (the page
+reconnects); 1001 also when the server shuts down (``server.shutdown``): the frame in hand is answered first, and
+the client should reconnect at once (through a load balancer it reaches another replica); 1011 if the model is not
+loaded; 1008 from ``server/access.py`` for a wrong Origin or API key (the page stops and says why).
+A frame that finds the CPU queue full gets ``{"type": "error", "frame_id", "error": "server busy: ..."}``.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
 
+from server.access import chosen_subprotocol
+from server.admission import Overloaded, WorkPool
 from server.pipeline import InputError, predict_bytes
 from server.schemas import Face
 
@@ -50,6 +57,25 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class ClientTextErrorFilter(logging.Filter):
+    """uvicorn logs a text frame that is not UTF-8 at ERROR with a traceback, then closes with 1007 as the protocol
+    says. It is the client's mistake, not the server's: logged at INFO, without the traceback."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self.MESSAGE):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 class LiveResult(BaseModel):
@@ -148,27 +174,42 @@ class LiveHub:
         return hub
 
 
+MAX_CONTROL_CHARS = 1024  # control messages are a few dozen characters; longer ones are refused unparsed
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never echoes a client's payload in full."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_control(text: str, settings: Settings) -> dict[str, Any]:
     """A control message -> config changes; ``ValueError`` with a message for the client when it is invalid."""
+    example = 'control messages are JSON objects such as {"max_faces": 3}'
+    if len(text) > MAX_CONTROL_CHARS:
+        raise ValueError(f"control message is {len(text)} characters, over the limit of {MAX_CONTROL_CHARS}")
     try:
         message = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f'control messages are JSON objects such as {{"max_faces": 3}}: {exc.msg}') from exc
+        raise ValueError(f"{example}: {exc.msg}") from exc
+    except RecursionError as exc:  # deep nesting ("[[[[...") within the length limit
+        raise ValueError(f"{example}: nested too deeply") from exc
     if not isinstance(message, dict):
-        raise ValueError('control messages are JSON objects such as {"max_faces": 3}')
+        raise ValueError(example)
     kind = message.pop("type", "config")
     if kind == "ping":
         return {"ping": True}
     if kind != "config":
-        raise ValueError(f"unknown message type {kind!r}: expected 'config' or 'ping'")
+        raise ValueError(f"unknown message type {_shown(kind)}: expected 'config' or 'ping'")
     unknown = sorted(set(message) - {"max_faces"})
     if unknown:
-        raise ValueError(f"unknown config keys {unknown}: the only setting is 'max_faces'")
+        shown = ", ".join(_shown(key) for key in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise ValueError(f"unknown config keys [{shown}]: the only setting is 'max_faces'")
     config: dict[str, Any] = {}
     if "max_faces" in message:
         n = message["max_faces"]
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.max_faces:
-            raise ValueError(f"max_faces must be an integer from 1 to {settings.max_faces}, got {n!r}")
+            raise ValueError(f"max_faces must be an integer from 1 to {settings.max_faces}, got {_shown(n)}")
         config["max_faces"] = n
     return config
 
@@ -217,11 +258,27 @@ class LiveSession:
                 task.cancel()
             await asyncio.gather(receiver, worker, return_exceptions=True)
 
+    async def receive_next(self, closes_at: float) -> dict[str, Any] | None:
+        """The next message, or None once the connection was closed for idling or for its age."""
+        loop = asyncio.get_running_loop()
+        idle, age_left = self.settings.ws_idle_timeout, closes_at - loop.time()
+        try:
+            return await asyncio.wait_for(self.websocket.receive(), max(0.0, min(idle, age_left)))
+        except asyncio.TimeoutError:
+            if age_left <= idle:
+                reason = f"connection closed after its maximum age of {self.settings.ws_max_age:g} s; reconnect"
+            else:
+                reason = f"connection closed after {idle:g} s without a message"
+            await self.send(LiveError(error=reason))
+            await self.websocket.close(CLOSE_GOING_AWAY, reason[:120])
+            return None
+
     async def receive_loop(self) -> None:
         metrics = self.app.state.metrics
+        closes_at = asyncio.get_running_loop().time() + self.settings.ws_max_age
         while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            message = await self.receive_next(closes_at)
+            if message is None or message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")
             if data is not None and self.leaving:
@@ -264,7 +321,7 @@ class LiveSession:
         await self.send(LiveAck(config={"max_faces": self.max_faces}))
 
     async def work_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        pool: WorkPool = self.app.state.pool
         metrics = self.app.state.metrics
         pipeline = self.app.state.pipeline
         while True:
@@ -274,17 +331,20 @@ class LiveSession:
             dropped = self.slot.dropped
             start = time.perf_counter()
             try:
-                result = await loop.run_in_executor(
-                    self.app.state.executor, predict_bytes, pipeline, frame.data, self.settings, self.max_faces
-                )
+                # Cancelled with this task when the client goes: a frame still waiting for a thread is dropped.
+                result = await pool.run(partial(predict_bytes, pipeline, frame.data, self.settings, self.max_faces))
+            except Overloaded as exc:
+                metrics.ws_frames.labels(outcome="shed").inc()
+                await self.send(LiveError(frame_id=frame.frame_id, error=exc.detail))
+                continue
             except InputError as exc:
                 metrics.ws_frames.labels(outcome="error").inc()
                 await self.send(LiveError(frame_id=frame.frame_id, error=exc.detail))
                 continue
-            except Exception as exc:  # a bug, but one frame must not end the stream
+            except Exception:  # a bug, but one frame must not end the stream
                 log.exception("live frame %d failed", frame.frame_id)
                 metrics.ws_frames.labels(outcome="error").inc()
-                await self.send(LiveError(frame_id=frame.frame_id, error=f"internal error ({type(exc).__name__})"))
+                await self.send(LiveError(frame_id=frame.frame_id, error="internal error"))
                 continue
             server_s = time.perf_counter() - start
             self.hub.frames_processed += 1
@@ -309,7 +369,7 @@ async def live_stream(websocket: WebSocket) -> None:
     app = websocket.app
     hub = LiveHub.of(app)
     metrics = app.state.metrics
-    await websocket.accept()
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
     if getattr(app.state, "pipeline", None) is None:
         await websocket.send_text(LiveError(error="the model is not loaded yet; try again shortly").model_dump_json())
         await websocket.close(CLOSE_INTERNAL_ERROR, "model not loaded")

@@ -82,6 +82,28 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # Admission control (server.admission): each process has its own pool, so the gauges add up over processes.
+        self.work_queue_depth = Gauge(
+            "emotion_work_queue_depth",
+            "CPU jobs waiting for a thread.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.work_in_progress = Gauge(
+            "emotion_work_in_progress",
+            "CPU jobs running.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.requests_shed = Counter(
+            "emotion_requests_shed",
+            "Requests answered 503 with Retry-After because the work queue was full, by route template.",
+            ["route"],
+            registry=registry,
+        )
+        self.work_skipped = Counter(
+            "emotion_work_skipped", "CPU jobs dropped unrun: their client had gone.", registry=registry
+        )
         self.ws_connections = Counter(
             "emotion_ws_connections",
             "Live connections by outcome: accepted, rejected (server busy), draining (sent elsewhere on shutdown).",
@@ -96,7 +118,10 @@ class Metrics:
             registry=registry,
         )
         self.ws_frames = Counter(
-            "emotion_ws_frames", "Live frames by outcome: processed, dropped, error.", ["outcome"], registry=registry
+            "emotion_ws_frames",
+            "Live frames by outcome: processed, dropped (a newer frame replaced it), shed (work queue full), error.",
+            ["outcome"],
+            registry=registry,
         )
         self.ws_frame_duration = Histogram(
             "emotion_ws_frame_duration_seconds",

@@ -142,7 +142,12 @@ def decode_image(data: bytes, settings: Settings | None = None, *, max_pixels: i
         raise InputError(400, f"could not decode the image: the {fmt.upper()} header gives a size of {w}x{h}")
     if w * h > max_pixels:
         raise InputError(413, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        # OpenCV's own checks (e.g. a side over 2^20 px with a total under the pixel limit) raise instead of
+        # returning None: still input the client got wrong.
+        raise InputError(400, f"could not decode the image: OpenCV refused the {fmt.upper()} data ({w}x{h})") from exc
     if image is None or image.size == 0:
         raise InputError(400, f"could not decode the image: the {fmt.upper()} data is corrupt or truncated")
     return image

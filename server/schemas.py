@@ -73,7 +73,7 @@ class VideoStreamError(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    path: str
+    path: str = Field(description="File name of the classifier (no directory: the server's paths stay private).")
     labels: list[str]
     input_size: list[int] = Field(description="[H, W] of the classifier input.")
     channels: int
@@ -82,7 +82,7 @@ class ModelInfo(BaseModel):
     crop_margin: float
     metadata: dict[str, str] = Field(description="All metadata_props of the ONNX file.")
     detector: str = Field(description="Face detector in use: 'yunet' or 'haar'.")
-    detector_path: str | None = Field(None, description="Model file of the detector (None for the bundled Haar).")
+    detector_path: str | None = Field(None, description="File name of the detector's model (None: Haar).")
     detector_fallback: str | None = Field(
         None, description="Why the Haar cascade stands in for YuNet (its file missing or failing its sha256 check)."
     )
@@ -94,7 +94,7 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
-    model: str | None = None
+    model: str | None = Field(None, description="File name of the loaded classifier.")
     detector: str | None = None
     draining: bool = Field(False, description="True once the server is shutting down (it answers 503 then).")
 

@@ -6,10 +6,11 @@ One reader for images (collected in memory) and videos (written to a temporary f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
 
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from server.pipeline import InputError
 
@@ -31,8 +32,8 @@ async def receive_upload(
 
     The body is a multipart form with ``field`` or a raw ``kind/*`` body (also ``application/octet-stream`` if
     ``raw_octet_stream``). ``InputError``: 413 past ``max_bytes`` (checked on Content-Length first, then while
-    streaming), 415 for another content type, 400 for an empty body or a broken form, 422 for a form without
-    ``field``.
+    streaming; a form may add ``MULTIPART_OVERHEAD`` bytes of boundaries, headers and other fields in all), 415 for
+    another content type, 400 for an empty body or a broken form, 422 for a form without ``field``.
     """
     mime, options = parse_options_header(headers.get("content-type", ""))
     mime_str = mime.decode("latin-1").lower()
@@ -56,7 +57,8 @@ async def receive_upload(
         write(data)
 
     if multipart:
-        await _read_field(options.get(b"boundary"), chunks, limited_write, kind, field)
+        body = CappedBody(chunks, max_bytes + MULTIPART_OVERHEAD, kind)
+        await _read_field(options.get(b"boundary"), body, limited_write, kind, field)
         if size == 0:
             raise InputError(400, f"field {field!r} is empty: no {kind} data was sent")
         return
@@ -66,8 +68,22 @@ async def receive_upload(
         raise InputError(400, f"empty body: no {kind} data was sent")
 
 
+class CappedBody:
+    """The chunks of a whole body, counted: 413 once they pass ``limit``, whatever part they belong to."""
+
+    def __init__(self, chunks: AsyncIterable[bytes], limit: int, kind: str) -> None:
+        self.chunks, self.limit, self.kind, self.size = chunks, limit, kind, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise InputError(413, f"multipart body is over {self.limit} bytes (the {self.kind} limit plus forms)")
+            yield chunk
+
+
 async def _read_field(
-    boundary: bytes | None, chunks: AsyncIterable[bytes], write: Callable[[bytes], None], kind: str, field: str
+    boundary: bytes | None, chunks: CappedBody, write: Callable[[bytes], None], kind: str, field: str
 ) -> None:
     """Write the first part named ``field`` of a multipart body into ``write``."""
     if not boundary:
@@ -103,22 +119,23 @@ async def _read_field(
             state["done"] = True
         state["headers"], state["current"] = {}, None
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    callbacks = {
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
     try:
+        # Inside the try: the constructor refuses a boundary over 256 characters (RFC 2046 allows 70).
+        parser = MultipartParser(boundary, callbacks)
         async for chunk in chunks:
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise InputError(400, f"malformed multipart body: {exc}") from exc
+    if chunks.size == 0:
+        raise InputError(400, f"empty body: no {kind} data was sent")
     if not state["found"]:
         raise InputError(422, f"multipart form has no {field!r} field: send the {kind} as {field}=@<path>")

@@ -216,8 +216,6 @@ class FrameSampler:
         k = 0
         while True:
             target = k * self.every
-            if self.max_seconds is not None and target > self.max_seconds:
-                raise InputError(413, f"video is longer than the limit of {self.max_seconds:g} s")
             # The frame nearest to the target time; a tie goes to the earlier frame (as in the grab loop below).
             target_index = math.floor(target * fps + 0.5 - 1e-6)
             if self.info.frame_count is not None and target_index >= self.info.frame_count:
@@ -233,6 +231,10 @@ class FrameSampler:
                         break
                     t = self._frame_time()
                     self._last_t = t
+                    # Only a frame that exists past the limit makes a video too long (a header without a
+                    # duration was let through at open); a short video with a large `every` just ends.
+                    if self.max_seconds is not None and t > self.max_seconds + tolerance:
+                        raise InputError(413, f"video is longer than the limit of {self.max_seconds:g} s")
             if not ok:
                 if self.frames_read == 0:
                     raise InputError(422, "no frame of the video could be decoded: the file is corrupt or truncated")

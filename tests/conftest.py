@@ -179,10 +179,13 @@ def yunet_pipeline(model_path: Path, yunet_path: Path):
 
 
 class LiveServer:
-    """A real uvicorn server on a loopback port, in a background thread."""
+    """A real uvicorn server on a loopback port, in a background thread, with the connection limits of
+    ``python -m server`` (``server.limits.uvicorn_options`` of the app's settings)."""
 
     def __init__(self, app: object):
         import uvicorn
+
+        from server.limits import uvicorn_options
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -190,7 +193,8 @@ class LiveServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        options = uvicorn_options(app.state.settings)  # type: ignore[attr-defined]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

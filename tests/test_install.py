@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,30 +133,39 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def installed_server(venv: Path, workdir: Path) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [venv / "bin" / "emotion-server", "--port", str(port)],
-        cwd=workdir,
-        env=clean_env(venv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until_ready(proc, port, "the installed emotion-server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=20)
+    # The log, not the API, says where the model files are (answers name files only): kept for the test below.
+    with (workdir / "emotion-server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [venv / "bin" / "emotion-server", "--port", str(port)],
+            cwd=workdir,
+            env=clean_env(venv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            try:
+                wait_until_ready(proc, port, "the installed emotion-server")
+            except AssertionError:
+                pytest.fail((workdir / "emotion-server.log").read_text())
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
-def test_installed_server_uses_the_shipped_models(installed_server: str, venv: Path) -> None:
+def test_installed_server_uses_the_shipped_models(installed_server: str, venv: Path, workdir: Path) -> None:
     ready = httpx.get(installed_server + "/readyz").json()
     assert ready["ready"] is True and ready["detector"] == "yunet"
     info = httpx.get(installed_server + "/model").json()
-    # Both model files are the wheel's copies inside the new venv, not the checkout's.
-    assert Path(info["path"]).is_relative_to(venv) and Path(info["path"]).name == "emotion_ferplus.onnx"
-    assert Path(info["detector_path"]).is_relative_to(venv) and info["detector_fallback"] is None
-    assert hashlib.sha256(Path(info["detector_path"]).read_bytes()).hexdigest() == YUNET_SHA256
+    assert info["path"] == "emotion_ferplus.onnx" and info["detector_fallback"] is None
+    assert info["detector_path"] == "face_detection_yunet_2023mar.onnx"
+    # Both model files are the wheel's copies inside the new venv, not the checkout's (the start-up log names them).
+    log = (workdir / "emotion-server.log").read_text()
+    model = Path(re.search(r"model (.+?): \d+ labels", log).group(1))
+    yunet = Path(re.search(r"face detector: yunet \((.+?)\)", log).group(1))
+    assert model.is_relative_to(venv) and model.name == "emotion_ferplus.onnx"
+    assert yunet.is_relative_to(venv) and hashlib.sha256(yunet.read_bytes()).hexdigest() == YUNET_SHA256
     card = httpx.get(installed_server + "/model/card")  # MODEL_CARD.md travels beside the model in the wheel
     assert card.status_code == 200 and card.text.startswith("# Model card")
 

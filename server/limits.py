@@ -1,0 +1,156 @@
+"""Deadlines for reading a request, and the uvicorn options that carry the service's connection limits.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``), caps header size and open connections
+(``limit_concurrency``, 503 past it) and WebSocket messages (``ws_max_size``), but it has no deadline for reading a
+request: a client that sends its headers or its body a byte at a time holds a connection, and a task, forever.
+Two small pieces add those deadlines:
+
+- ``HeaderDeadline``: uvicorn's own HTTP protocol with one timer, armed when a connection opens and again after each
+  answer. If it fires while no request is being served, the client has not finished the next request's headers
+  in time: it gets 408 (or, having sent nothing, just the close).
+- ``BodyDeadlineMiddleware``: the request's ASGI ``receive()`` with a deadline for the whole body and a shorter one
+  for each chunk. Past either, the route's read raises ``BodyTimeout`` and the client gets 408 with
+  ``Connection: close``. After the last chunk ``receive()`` is left alone (it then waits for a disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    from server.config import Settings
+
+REQUEST_TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(REQUEST_TIMEOUT_BODY), REQUEST_TIMEOUT_BODY)
+)
+
+
+class HeaderDeadline:
+    """Mixed into a uvicorn HTTP protocol class: the next request's headers must be complete within
+    ``header_timeout`` seconds of the connection opening or of the previous answer."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any  # uvicorn's RequestResponseCycle of the request served last (None before the first)
+
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._bytes_since_armed = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_since_armed += len(data)
+        super().data_received(data)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():
+            self._arm_header_deadline()
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        self._cancel_header_deadline()  # the connection now belongs to the WebSocket protocol
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm_header_deadline(self) -> None:
+        self._cancel_header_deadline()
+        self._bytes_since_armed = 0
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_deadline_passed)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # closed already, or a request is being served: its headers were complete in time
+        if self._bytes_since_armed:
+            self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+class HeaderDeadlineH11Protocol(HeaderDeadline, H11Protocol):
+    pass
+
+
+try:  # uvicorn[standard] brings httptools, the faster parser uvicorn picks when it is there
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadlineHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
+        pass
+
+    DEFAULT_PROTOCOL: type = HeaderDeadlineHttpToolsProtocol
+except ImportError:  # pragma: no cover
+    DEFAULT_PROTOCOL = HeaderDeadlineH11Protocol
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive in time (answered 408, connection closed)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BodyDeadlineMiddleware:
+    """Deadlines on reading an HTTP request body: ``total`` seconds for all of it, ``idle`` between chunks."""
+
+    def __init__(self, app: Any, *, total: float, idle: float) -> None:
+        self.app = app
+        self.total = total
+        self.idle = idle
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total
+        body_done = False
+
+        async def receive_with_deadline() -> dict:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            left = deadline - loop.time()
+            wait = min(self.idle, left)
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+            except asyncio.TimeoutError:
+                what = f"the whole body within {self.total:g} s" if left <= self.idle else f"a chunk in {self.idle:g} s"
+                raise BodyTimeout(f"request body too slow: expected {what}") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, receive_with_deadline, send)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that apply the settings' connection limits."""
+    return {
+        "http": partial(DEFAULT_PROTOCOL, header_timeout=settings.header_timeout),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "limit_concurrency": settings.max_connections,
+        # uvicorn buffers a whole WebSocket message before the app sees it. Up to twice the frame limit the app
+        # answers an oversize frame itself (an error message, then close 1009); a bigger one is cut off while it
+        # arrives by the WebSocket library (close 1009, the reason names the limit), so memory stays bounded.
+        "ws_max_size": 2 * settings.ws_max_frame_bytes,
+    }

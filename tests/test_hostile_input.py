@@ -1,0 +1,218 @@
+"""Regression tests for the input defects of issue 10, each against a real uvicorn on loopback.
+
+Decoder failures, long multipart boundaries, whole-body caps, empty forms, hostile WebSocket messages, oversize frames
+and what error bodies and metadata routes reveal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import LiveServer, make_settings
+from videos import face_then_no_face
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from y4m import astronaut_frame, jpeg
+
+MAX_UPLOAD = 50_000
+MAX_FRAME = 64 * 1024
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A 54-byte BMP (file header + BITMAPINFOHEADER, 24 bit) with no pixel data."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def webp_vp8x(width: int, height: int) -> bytes:
+    """A WebP with only an extended (VP8X) header declaring a ``width`` x ``height`` canvas."""
+    chunk = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (width - 1).to_bytes(3, "little")
+    chunk += (height - 1).to_bytes(3, "little")
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+# Sides over OpenCV's 2^20 limit with a total under the pixel limit: cv2.imdecode raises instead of returning None.
+OPENCV_REFUSES = {"bmp 1048577x1": bmp_header(1048577, 1), "webp 1x16777216": webp_vp8x(1, 16777216)}
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path) -> Iterator[LiveServer]:
+    from server.app import create_app
+
+    settings = make_settings(
+        model_path, "haar", max_upload_bytes=MAX_UPLOAD, ws_max_frame_bytes=MAX_FRAME, max_video_seconds=2.0
+    )
+    app = create_app(settings)
+
+    async def broken_route() -> dict:  # a route with a bug, to see what a 500 tells the client
+        raise RuntimeError(f"secret detail from {Path.cwd()}")
+
+    app.add_api_route("/broken", broken_route)
+    app.router.routes.insert(0, app.router.routes.pop())  # before the page's mount at "/", which matches everything
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def ws_url(server: LiveServer) -> str:
+    return server.url.replace("http://", "ws://") + "/ws"
+
+
+@pytest.mark.parametrize("name", list(OPENCV_REFUSES))
+def test_decoder_refusals_are_400(client: httpx.Client, server: LiveServer, name: str) -> None:
+    data = OPENCV_REFUSES[name]
+    r = client.post("/predict", content=data, headers={"content-type": f"image/{name.split()[0]}"})
+    assert r.status_code == 400, r.text
+    assert "could not decode" in r.json()["detail"]
+    r = client.post("/predict", files={"file": ("x", data, "application/octet-stream")})
+    assert r.status_code == 400, r.text
+    with connect(ws_url(server)) as ws:
+        ws.send(data)
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and error["frame_id"] == 1 and "could not decode" in error["error"]
+        ws.send(jpeg(astronaut_frame(320, 240)))
+        assert json.loads(ws.recv(timeout=20))["type"] == "result"
+
+
+@pytest.mark.parametrize("route", ["/predict", "/predict/video"])
+def test_boundary_over_the_parsers_limit_is_400(client: httpx.Client, route: str) -> None:
+    boundary = "b" * 300
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nxx\r\n--{boundary}--\r\n'
+    r = client.post(route, content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 400, r.text
+    assert "multipart" in r.json()["detail"] and "oundary" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("route", ["/predict", "/predict/video"])
+def test_empty_multipart_body_is_400(client: httpx.Client, route: str) -> None:
+    r = client.post(route, content=b"", headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 400, r.text
+    assert "empty" in r.json()["detail"]
+
+
+def test_short_video_with_every_past_a_lowered_duration_limit(client: httpx.Client, tmp_path: Path) -> None:
+    clip = face_then_no_face(tmp_path / "short.avi", 1, 0, fps=10, width=160, height=120)  # 1 s, limit 2 s
+    r = client.post("/predict/video", params={"every": 5}, files={"file": ("short.avi", clip.read_bytes())})
+    assert r.status_code == 200, r.text
+    assert [frame["t"] for frame in r.json()["frames"]] == [0.0]
+    long = face_then_no_face(tmp_path / "long.avi", 3, 0, fps=10, width=160, height=120)  # still refused
+    r = client.post("/predict/video", params={"every": 5}, files={"file": ("long.avi", long.read_bytes())})
+    assert r.status_code == 413
+
+
+def send_until_answered(port: int, head: bytes, chunk: bytes, most: int) -> tuple[bytes, int]:
+    """Send ``head`` then ``chunk`` repeatedly (at most ``most`` bytes) until the server answers; (answer, sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sent = 0
+    try:
+        sock.sendall(head)
+        sock.setblocking(False)
+        answer = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                answer += sock.recv(65536)
+                if b"\r\n\r\n" in answer:
+                    break
+            except BlockingIOError:
+                pass
+            if sent < most:
+                try:
+                    sent += sock.send(chunk)
+                except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    time.sleep(0.01)
+            else:
+                time.sleep(0.01)
+        return answer, sent
+    finally:
+        sock.close()
+
+
+def test_multipart_body_is_capped_as_a_whole(server: LiveServer) -> None:
+    # A small file part, then an extra part that never ends (chunked, so no Content-Length to refuse up front).
+    boundary = "cap"
+    start = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        f'xx\r\n--{boundary}\r\nContent-Disposition: form-data; name="junk"\r\n\r\n'
+    ).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n" % (len(start), start)
+    piece = b"z" * 16384
+    answer, sent = send_until_answered(server.port, head, b"%x\r\n%s\r\n" % (len(piece), piece), 200_000_000)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    # What was sent includes the kernel's socket buffers on both sides (a few MB on loopback), not the 200 MB.
+    assert sent < 50_000_000, f"the server read {sent} bytes before refusing"
+
+
+def test_hostile_control_messages_keep_the_connection(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    with connect(ws_url(server), max_size=None) as ws:
+        ws.send("[" * 100_000)
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "limit" in error["error"]
+        ws.send("[" * 1000)  # under the length limit, still too deep for the JSON parser
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "JSON" in error["error"]
+        ws.send(json.dumps({"k" * 100_000: 1}))  # (under uvicorn's message cap of twice the frame limit)
+        reply = ws.recv(timeout=10)
+        assert len(reply) < 300 and json.loads(reply)["type"] == "error"
+        ws.send(json.dumps({"k" * 500: 1}))  # under the length limit: the key is shown cut short
+        reply = json.loads(ws.recv(timeout=10))
+        assert "unknown config keys" in reply["error"] and len(reply["error"]) < 200
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+
+    caplog.set_level(logging.INFO)
+    with connect(ws_url(server)) as ws:
+        ws.send(b"\xff\xfe not utf-8", text=True)  # a text frame that is not UTF-8: the protocol says close 1007
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    time.sleep(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("extra", [1, 2, 1000, MAX_FRAME])
+def test_oversize_frame_gets_the_message_then_1009(server: LiveServer, extra: int) -> None:
+    with connect(ws_url(server), max_size=None) as ws:
+        ws.send(b"\xff\xd8" + bytes(MAX_FRAME + extra - 2))
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "over the limit" in error["error"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+def test_frame_over_twice_the_limit_is_cut_off_with_1009(server: LiveServer) -> None:
+    with connect(ws_url(server), max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            ws.send(bytes(2 * MAX_FRAME + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_errors_reveal_no_paths_or_exception_classes(client: httpx.Client, model_path: Path) -> None:
+    r = client.get("/broken")
+    assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+    for route in ("/model", "/readyz", "/metrics"):
+        text = client.get(route).text
+        assert "/" + model_path.parent.name + "/" not in text and str(Path.cwd()) not in text, route
+    assert client.get("/model").json()["path"] == model_path.name

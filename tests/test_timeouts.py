@@ -1,0 +1,147 @@
+"""Deadlines against a real uvicorn on loopback: slow headers and bodies, idle keep-alive, idle and old WebSockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import LiveServer, make_settings
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+HEADER_TIMEOUT = 0.6
+BODY_IDLE = 0.6
+BODY_TOTAL = 1.5
+KEEP_ALIVE = 0.4
+WS_IDLE = 0.8
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path) -> Iterator[LiveServer]:
+    from server.app import create_app
+
+    settings = make_settings(
+        model_path,
+        "haar",
+        header_timeout=HEADER_TIMEOUT,
+        body_idle_timeout=BODY_IDLE,
+        body_timeout=BODY_TOTAL,
+        keep_alive_timeout=KEEP_ALIVE,
+        ws_idle_timeout=WS_IDLE,
+        ws_max_age=3.0,
+    )
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+def read_until_closed(sock: socket.socket, limit: float = 10.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when (seconds from now) it closed."""
+    start = time.monotonic()
+    sock.settimeout(limit)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - start
+
+
+def dribble(sock: socket.socket, data: bytes, interval: float, until: float) -> float:
+    """Send ``data`` a byte every ``interval`` s until the server closes or ``until`` s pass; seconds it lasted."""
+    start = time.monotonic()
+    for byte in data:
+        if time.monotonic() - start > until:
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def test_silent_connection_is_closed(server: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        data, after = read_until_closed(sock)
+    assert data == b"" and HEADER_TIMEOUT * 0.8 < after < HEADER_TIMEOUT + 2
+
+
+def test_slowloris_headers_get_408_and_the_close(server: LiveServer) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        lasted = dribble(sock, request, 0.05, until=5.0)  # would take 11 s to finish
+        data, _ = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 408"), data[:100]
+    assert lasted < HEADER_TIMEOUT + 2
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_stalled_body_gets_408(server: LiveServer) -> None:
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + b"\xff\xd8" + bytes(1000))
+        data, after = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 408"), data[:100]
+    assert b"connection: close" in data.lower() and b"in 0.6 s" in data
+    assert BODY_IDLE * 0.8 < after < BODY_IDLE + 2
+
+
+def test_dribbled_body_hits_the_total_deadline(server: LiveServer) -> None:
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head)
+        lasted = dribble(sock, bytes(1000), 0.1, until=8.0)  # each pause is under the idle deadline
+        data, _ = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 408") and b"whole body" in data, data[:300]
+    assert lasted < BODY_TOTAL + 2
+
+
+def test_idle_keep_alive_connection_is_closed(server: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, after = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200") and after < KEEP_ALIVE + 2
+
+
+def test_keep_alive_connection_serves_requests_in_time(server: LiveServer) -> None:
+    # The header deadline is per request: a client that keeps asking within it is served every time.
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(6):
+            assert client.get("/healthz").status_code == 200
+            time.sleep(KEEP_ALIVE / 3)
+
+
+def ws_url(server: LiveServer) -> str:
+    return server.url.replace("http://", "ws://") + "/ws"
+
+
+def test_idle_websocket_is_closed_with_a_reason(server: LiveServer) -> None:
+    # The client library answers the server's pings by itself: an idle but live client is still closed.
+    with connect(ws_url(server)) as ws:
+        start = time.monotonic()
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "without a message" in error["error"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert WS_IDLE * 0.8 < time.monotonic() - start < WS_IDLE + 2
+
+
+def test_busy_websocket_is_closed_at_its_maximum_age(server: LiveServer) -> None:
+    replies = 0
+    with connect(ws_url(server)) as ws:
+        start = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            while time.monotonic() - start < 10:
+                ws.send(json.dumps({"type": "ping"}))  # every 0.3 s: never idle
+                message = json.loads(ws.recv(timeout=10))
+                if message["type"] == "error":
+                    assert "maximum age" in message["error"]
+                    ws.recv(timeout=10)
+                replies += message["type"] == "pong"
+                time.sleep(0.3)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert replies >= 5 and 2.5 < time.monotonic() - start < 5

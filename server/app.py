@@ -457,7 +457,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("client disconnected while its job waited for a thread: job dropped")
         return Response(status_code=499)
 
-
     app.include_router(router)
     # Routers of other modules (video, live) are included here, before the static mount below.
     app.include_router(live.router)

@@ -458,3 +458,59 @@ def test_camera_denied_is_explained(playwright, live_server, tmp_path: Path) -> 
             assert page.is_enabled("#camera-toggle")
     finally:
         context.close()
+
+
+def test_page_with_an_api_key(browser, model_path, tmp_path: Path) -> None:
+    from server.app import create_app
+
+    key = "page-key-0123456789"
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
+    with (
+        LiveServer(create_app(make_settings(model_path, "haar", api_key=key))) as server,
+        open_page(browser, server.url) as page,
+    ):
+        page.evaluate("localStorage.removeItem('emotion-api-key')")
+        # Without the key the live stream is refused, and the page says so instead of retrying.
+        page.click("#camera-toggle")
+        page.wait_for_function("document.getElementById('live-status').textContent.includes('refused')", timeout=10_000)
+        assert "API key" in page.inner_text("#live-status")
+        assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+        # With the key saved (localStorage), uploads and the live stream work.
+        page.fill("#api-key", key)
+        page.click("#access-form button[type=submit]")
+        assert "stored" in page.inner_text("#access-status")
+        assert page.evaluate("localStorage.getItem('emotion-api-key')") == key
+        page.set_input_files("#image-file", str(photo))
+        page.click("#image-form button[type=submit]")
+        page.wait_for_function("document.getElementById('image-status').textContent.includes('found')", timeout=15_000)
+        page.click("#camera-toggle")
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+        page.click("#camera-toggle")
+        page.evaluate("localStorage.removeItem('emotion-api-key')")
+
+
+def test_page_with_trusted_hosts_and_another_allowed_origin(browser, model_path, live_server) -> None:
+    """The page keeps working behind trusted hosts and an allowed-origins list (its own origin stays allowed), and a
+    page from an allowed origin may call the API across origins (CORS, in a real browser)."""
+    from server.app import create_app
+
+    settings = make_settings(model_path, "haar", trusted_hosts="127.0.0.1", allowed_origins=live_server.url)
+    with LiveServer(create_app(settings)) as server:
+        with open_page(browser, server.url) as page:
+            page.click("#camera-toggle")
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+            page.click("#camera-toggle")
+        with open_page(browser, live_server.url) as other:  # a page of another origin
+            answer = other.evaluate(
+                """async (url) => {
+                    const canvas = document.createElement('canvas');
+                    canvas.width = canvas.height = 64;
+                    const image = await new Promise((done) => canvas.toBlob(done, 'image/jpeg'));
+                    const r = await fetch(url + '/predict', {method: 'POST', body: image,
+                                                             headers: {'Content-Type': 'image/jpeg'}});
+                    return {status: r.status, body: await r.json()};
+                }""",
+                server.url,
+            )
+            assert answer["status"] == 200 and answer["body"]["width"] == 64 and answer["body"]["faces"] == []

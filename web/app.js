@@ -1,5 +1,6 @@
 // Wires the page: model info, live camera stream, timeline, session summary, upload panels.
 
+import { setupAccessForm } from './access.js';
 import { Camera, CameraError } from './camera.js';
 import { ShareChart } from './chart.js';
 import { faceCaption, labelColour } from './emotions.js';
@@ -101,6 +102,9 @@ const client = new LiveClient(() => camera.captureJpeg(), {
   onStatus: setStatus,
   onError(message) {
     setStatus(`Server: ${message}`, 'error');
+  },
+  onRefused(reason) {
+    stopCamera(`The server refused the live stream: ${reason}. Check the API key at the bottom of the page.`, 'error');
   },
 });
 
@@ -206,7 +210,7 @@ async function startCamera() {
   timelineTimer = setInterval(redrawTimeline, TIMELINE_REDRAW_MS);
 }
 
-function stopCamera(message = 'Camera is off.') {
+function stopCamera(message = 'Camera is off.', kind = 'info') {
   client.stop();
   camera.stop();
   clearInterval(timelineTimer);
@@ -217,7 +221,7 @@ function stopCamera(message = 'Camera is off.') {
   elements.placeholder.hidden = false;
   elements.toggle.textContent = 'Start camera';
   elements.toggle.setAttribute('aria-pressed', 'false');
-  setStatus(message);
+  setStatus(message, kind);
 }
 
 camera.onended = () => stopCamera('The camera stopped (disconnected or permission withdrawn).');
@@ -254,6 +258,7 @@ elements.reset.addEventListener('click', () => {
 // The gauge's legend is the gauge itself, drawn for valence +0.6 and arousal -0.3.
 drawAffectGauge($('affect-legend').getContext('2d'), 0, 0, 120, 0.6, -0.3, 16);
 
+setupAccessForm();
 setupImagePanel(() => labels);
 setupVideoPanel(() => labels, () => modelDescription);
 loadModelInfo().then(() => {

@@ -8,6 +8,8 @@
 // Sending the next frame only when the previous answer arrived lets the frame rate
 // follow whatever the network and server can sustain, with nothing queueing up.
 
+import { socketProtocols } from './access.js';
+
 const MIN_FRAME_INTERVAL_MS = 1000 / 30; // no point sending faster than the camera delivers
 const ANSWER_TIMEOUT_MS = 10000;
 const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
@@ -20,7 +22,7 @@ export function socketUrl(path = '/ws') {
 
 export class LiveClient {
   // capture: async () => ({blob, width, height}) | null
-  // handlers: {onResult(result, rttMs), onStatus(text, kind), onError(message)}
+  // handlers: {onResult(result, rttMs), onStatus(text, kind), onError(message), onRefused(reason)}
   constructor(capture, handlers) {
     this.capture = capture;
     this.handlers = handlers;
@@ -68,7 +70,7 @@ export class LiveClient {
   connect() {
     this.resetFrameState();
     this.handlers.onStatus('Connecting to the server…', 'info');
-    const socket = new WebSocket(socketUrl());
+    const socket = new WebSocket(socketUrl(), socketProtocols());
     this.socket = socket;
     socket.onopen = () => {
       this.reconnectAttempt = 0;
@@ -108,6 +110,12 @@ export class LiveClient {
     this.socket = null;
     clearTimeout(this.sendTimer);
     if (!this.active) return;
+    if (event.code === 1008) {
+      // Refused by policy (API key or origin): retrying cannot help until the key changes.
+      this.active = false;
+      this.handlers.onRefused?.(event.reason || 'not allowed');
+      return;
+    }
     let reason;
     if (event.code === 1001 && this.reconnectAttempt === 0) {
       // The server is shutting down (a rolling update): reconnect at once, through the load balancer to another

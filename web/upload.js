@@ -1,5 +1,6 @@
 // Image (POST /predict) and video (POST /predict/video?format=ndjson) upload panels.
 
+import { authHeaders } from './access.js';
 import { formatSeconds, ShareChart } from './chart.js';
 import { labelsFromFaces, percent } from './emotions.js';
 import { drawImageWithFaces } from './overlay.js';
@@ -66,7 +67,7 @@ export function setupImagePanel(getLabels) {
     const body = new FormData();
     body.append('file', file);
     try {
-      const response = await fetch('predict', { method: 'POST', body });
+      const response = await fetch('predict', { method: 'POST', body, headers: authHeaders() });
       if (!response.ok) {
         setStatus(status, `Could not analyse the image: ${await errorText(response)}`, 'error');
         return;
@@ -171,7 +172,12 @@ export function setupVideoPanel(getLabels, getModelDescription) {
     const body = new FormData();
     body.append('file', file);
     try {
-      const response = await fetch(`predict/video?format=ndjson&every=${seconds}`, { method: 'POST', body, signal });
+      const response = await fetch(`predict/video?format=ndjson&every=${seconds}`, {
+        method: 'POST',
+        body,
+        signal,
+        headers: authHeaders(),
+      });
       if (!response.ok) {
         setStatus(status, `Could not analyse the video: ${await errorText(response)}`, 'error');
         return;

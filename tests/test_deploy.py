@@ -91,9 +91,9 @@ def check_consistency(objects: list[dict]) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {"/readyz", "/healthz"} <= routes and str(port) in container["args"]
 
-    # Every EMOTION_* variable is a setting (EMOTION_API_KEY arrives with issue 10's api_key).
+    # Every EMOTION_* variable is a setting.
     env = {e["name"]: e for e in container["env"]}
-    known = {f"EMOTION_{name.upper()}" for name in Settings.model_fields} | {"EMOTION_API_KEY"}
+    known = {f"EMOTION_{name.upper()}" for name in Settings.model_fields}
     assert {name for name in env if name.startswith("EMOTION_")} <= known
     settings = Settings(**{k[len("EMOTION_") :].lower(): e["value"] for k, e in env.items() if "value" in e})
     assert settings.cpu_threads <= float(container["resources"]["requests"]["cpu"])
@@ -151,3 +151,6 @@ def test_production_overlay_renders(tmp_path: Path) -> None:
     service = kinds["Service"]
     assert all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # With the key set /metrics needs it too: the scrape sends the same Secret as a bearer token.
+    credentials = monitor["spec"]["endpoints"][0]["authorization"]["credentials"]
+    assert (credentials["name"], credentials["key"]) == (ref["name"], ref["key"])

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,7 +119,7 @@ def per_worker_counts(metrics_dir: Path, tmp_path: Path) -> dict[str, float]:
     counts = {}
     for db in metrics_dir.glob("counter_*.db"):
         alone = tmp_path / db.stem
-        alone.mkdir()
+        alone.mkdir(parents=True)
         shutil.copy(db, alone / db.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
@@ -155,7 +156,12 @@ def test_two_workers_share_their_metrics(model_path: Path, tmp_path: Path) -> No
         n = 120
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(get, range(n))) == {200}
-        workers = per_worker_counts(metrics_dir, tmp_path)
+        # A request is counted once its answer is sent: the last one may still be on its way into the files.
+        deadline = time.monotonic() + 5
+        while sum((workers := per_worker_counts(metrics_dir, tmp_path / f"read{time.monotonic_ns()}")).values()) < n:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert len(workers) == 2 and all(count > 0 for count in workers.values()), workers
         assert sum(workers.values()) == n
         # Several scrapes (they land on either worker): each one reports the requests of both.

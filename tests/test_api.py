@@ -253,4 +253,5 @@ def test_model_says_why_haar_stands_in_for_yunet(model_path: Path, tmp_path: Pat
     with LiveServer(create_app(settings)) as server:
         info = httpx.get(server.url + "/model").json()
     assert info["detector"] == "haar" and info["detector_path"] is None
-    assert "YuNet model not found" in info["detector_fallback"]
+    assert "YuNet model not found: no-yunet.onnx" in info["detector_fallback"]
+    assert str(tmp_path) not in info["detector_fallback"]  # the file's name, not where the server keeps it

@@ -274,8 +274,8 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
 
-    state = {"epoch": 0, "step": 0, "epochs": cfg.epochs, "history": [], "best": {}}
-    state["best"] = {h: {"accuracy": -1.0, "epoch": -1} for h in heads}
+    best = {h: {"accuracy": -1.0, "epoch": -1} for h in heads}
+    state = {"epoch": 0, "step": 0, "epochs": cfg.epochs, "history": [], "best": best}
     last = out / "last.pt"
     if last.exists():  # resume
         ckpt = torch.load(last, weights_only=False, map_location="cpu")

@@ -127,6 +127,25 @@ def make_model(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread in the training tests: a training job may own the other cores, and export, parity and
+    attacks run torch outside `train` too."""
+    torch = pytest.importorskip("torch", reason="the training package needs torch (pip install torch==2.13.0)")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fer(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny FER2013 CSV (plain and gzip) and its FER+ votes on disk, with the ground truth (tests/training_data)."""
+    from training_data import write_fer_pair
+
+    return write_fer_pair(tmp_path_factory.mktemp("fer"))
+
+
 @pytest.fixture(scope="session")
 def yunet_path() -> Path:
     path = default_yunet_path()

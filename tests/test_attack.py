@@ -36,18 +36,7 @@ from training.evaluate import evaluate_onnx  # noqa: E402
 from training.model import EmotionNet, ExportWrapper, ModelConfig  # noqa: E402
 from training.onnx_torch import QUANTIZED_ATOL, OnnxModule, UnsupportedModelError, parity_check  # noqa: E402
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pytest
 torch = pytest.importorskip("torch", reason="the training package needs torch (pip install torch==2.13.0)")
 pytest.importorskip("onnx", reason="the training package needs onnx (the [train] extra)")
 
-from training_data import write_fer_pair  # noqa: E402
 
 from server.classifier import EmotionClassifier  # noqa: E402
 from training.__main__ import main  # noqa: E402
@@ -37,17 +36,7 @@ from training.train import (  # noqa: E402
 TINY = {"epochs": 2, "threads": 1, "batch_size": 16, "widths": (8, 16, 16, 16), "precision": "fp32"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def fer(tmp_path_factory) -> dict:
-    return write_fer_pair(tmp_path_factory.mktemp("fer"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

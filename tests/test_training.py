@@ -25,7 +25,6 @@ onnx = pytest.importorskip("onnx", reason="the training package needs onnx (the 
 from training_data import (  # noqa: E402
     FERPLUS_HEADER,
     write_csv,
-    write_fer_pair,
     write_image_folder,
 )
 
@@ -66,18 +65,7 @@ CONTRACT_KEYS = (
 TINY = {"epochs": 2, "threads": 1, "batch_size": 16, "widths": (8, 16, 16, 16)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A training job may own the other cores; export and parity run torch outside `train` too.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def fer(tmp_path_factory) -> dict:
-    return write_fer_pair(tmp_path_factory.mktemp("fer"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,9 @@ def per_worker_counts(metrics_dir: Path, tmp_path: Path) -> dict[str, float]:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
         fams = {f.name: f for f in registry.collect()}
-        counts[db.stem] = value(fams, "emotion_http_requests", "emotion_http_requests_total", route="/healthz")
+        # A worker's file may hold other counters (shed, skipped work) before its first /healthz is counted.
+        if "emotion_http_requests" in fams:
+            counts[db.stem] = value(fams, "emotion_http_requests", "emotion_http_requests_total", route="/healthz")
     return counts
 
 

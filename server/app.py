@@ -44,6 +44,7 @@ from server.metrics import Metrics
 from server.pipeline import EmotionPipeline, InputError, predict_bytes
 from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResponse, ReadyResponse, VideoResponse
 from server.shutdown import GracefulShutdown
+from server.tracker import FaceTracker
 from server.uploads import receive_upload
 from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_lines, receive_video
 
@@ -250,6 +251,14 @@ async def predict_video(
     request: Request,
     every: float = Query(1.0, ge=EVERY_MIN, le=EVERY_MAX, description="Seconds between analysed frames."),
     format: Literal["json", "ndjson"] = Query("json", description="`ndjson` streams one line per analysed frame."),
+    smoothing: float | None = Query(
+        None,
+        ge=0.0,
+        le=60.0,
+        description="Time constant (s) of each face track's moving average of probabilities; 0: each frame's own "
+        "values. Default: the server's `EMOTION_SMOOTHING_SECONDS`.",
+    ),
+    raw: bool = Query(False, description="Also give each frame's own probabilities as `raw_probabilities`."),
 ) -> Any:
     app = request.app
     settings: Settings = app.state.settings
@@ -261,7 +270,11 @@ async def predict_video(
     streaming = False
     try:
         # Opening probes the file and decodes the first frame: errors up to here are a real 4xx, also for ndjson.
-        analysis = await run_cpu(request, VideoAnalysis.open, path, app.state.pipeline, every, settings)
+        tracker = FaceTracker.from_settings(settings, raw=raw)
+        if smoothing is not None:
+            tracker.smoothing_seconds = smoothing
+        open_video = partial(VideoAnalysis.open, tracker=tracker)
+        analysis = await run_cpu(request, open_video, path, app.state.pipeline, every, settings)
         if format == "ndjson":
             # The generator deletes the file when it ends, fails or the client disconnects; the background task
             # (run after a disconnect too) covers a stream that was cancelled before its first line.

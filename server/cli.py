@@ -2,9 +2,12 @@
 
     emotion image PATH|DIR...                               each face of each image (of a folder's images)
     emotion video PATH [--every S] [--crops DIR] [--json]   one line per analysed second: 00:00:03  happy  73%,
-                                                            then a summary line
+                                                            then a summary line (and one per face track)
     emotion webcam [--device N|PATH|URL] [--every S] [--crops DIR]   one line per second until Ctrl-C
     emotion serve [--host H] [--port P] [--workers N]       the HTTP service (like ``python -m server``)
+
+Videos and the webcam are streams: each face keeps a track id (``#2``) and its label is smoothed over time
+(``--smoothing S``, default ``EMOTION_SMOOTHING_SECONDS``; 0 for each frame's own values).
 
 ``--model``, ``--detector`` and ``--yunet`` (or the ``EMOTION_*`` environment variables) pick the models. Exit
 status: 0 done, 1 a file could not be read or analysed, 2 bad usage, 130 interrupted.
@@ -52,12 +55,17 @@ def format_timestamp(t: float, every: float = 1.0) -> str:
 
 
 def describe_faces(faces: list[Face]) -> str:
-    """``happy  73%`` for the largest face (``  (+N faces)`` for the others), ``no face`` without one."""
+    """``happy  73%`` for the largest face, ``no face`` without one; other faces follow as ``  #2 sad  40%`` (by
+    track id) or, without track ids, ``  (+N faces)``."""
     if not faces:
         return "no face"
     face = faces[0]
     text = f"{face.emotion}  {round(face.confidence * 100)}%"
     if len(faces) > 1:
+        if all(f.track_id is not None for f in faces):
+            head = f"#{face.track_id} "
+            rest = "".join(f"  #{f.track_id} {f.emotion}  {round(f.confidence * 100)}%" for f in faces[1:])
+            return head + text + rest
         others = len(faces) - 1
         text += f"  (+{others} face{'s' if others > 1 else ''})"
     return text
@@ -115,6 +123,17 @@ def load_settings(args: argparse.Namespace) -> Settings:
         # Naming a YuNet file means using it: a missing or wrong file is an error, not a quiet fall back to Haar.
         overrides.setdefault("detector", "yunet")
     return Settings(**overrides)
+
+
+def load_tracker(args: argparse.Namespace, settings: Settings):  # -> FaceTracker
+    from server.tracker import FaceTracker
+
+    tracker = FaceTracker.from_settings(settings, raw=getattr(args, "raw", False))
+    if args.smoothing is not None:
+        if not 0 <= args.smoothing <= 60:
+            raise CliError("--smoothing must be between 0 and 60 seconds")
+        tracker.smoothing_seconds = args.smoothing
+    return tracker
 
 
 def load_pipeline(settings: Settings) -> EmotionPipeline:
@@ -239,11 +258,13 @@ def cmd_video(args: argparse.Namespace) -> int:
         raise CliError(f"--every must be between {EVERY_MIN} and {EVERY_MAX} seconds")
     if hint := still_image_hint(path):
         raise CliError(hint)
-    pipeline = load_pipeline(load_settings(args))
+    settings = load_settings(args)
+    tracker = load_tracker(args, settings)
+    pipeline = load_pipeline(settings)
     make_crops_dir(args.crops)
     margin = pipeline.classifier.spec.crop_margin
     try:
-        analysis = VideoAnalysis.open(path, pipeline, args.every)  # local files: no upload limits
+        analysis = VideoAnalysis.open(path, pipeline, args.every, tracker=tracker)  # local files: no upload limits
     except InputError as exc:
         raise CliError(f"{path}: {exc.detail}") from exc
     duration = analysis.info.duration
@@ -298,7 +319,9 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
     if args.every <= 0:
         raise CliError("--every must be positive")
-    pipeline = load_pipeline(load_settings(args))
+    settings = load_settings(args)
+    tracker = load_tracker(args, settings)
+    pipeline = load_pipeline(settings)
     make_crops_dir(args.crops)
     margin = pipeline.classifier.spec.crop_margin
     cap = open_camera(args.device)
@@ -327,6 +350,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
                 # even when a prediction starts a little late, so each second has its own name.
                 slot = next_at + args.every * math.floor((elapsed - next_at) / args.every)
                 faces, _ = pipeline.predict(image)
+                faces = tracker.update(faces, elapsed)
                 if args.crops is not None and faces:
                     save_crop(args.crops, slot, faces[0], image, args.every, margin)
                 print(f"{format_timestamp(slot, args.every)}  {describe_faces(faces)}", flush=True)
@@ -394,8 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--json", action="store_true", help="one JSON object per image, as POST /predict answers")
     image.set_defaults(func=cmd_image)
 
+    stream = argparse.ArgumentParser(add_help=False)
+    stream.add_argument(
+        "--smoothing",
+        type=float,
+        default=None,
+        metavar="S",
+        help="time constant (s) of each face's label smoothing; 0: each frame alone (env EMOTION_SMOOTHING_SECONDS)",
+    )
+
     video = commands.add_parser(
-        "video", parents=[common], help="one line per analysed second of a video, then a summary line"
+        "video", parents=[common, stream], help="one line per analysed second of a video, then a summary line"
     )
     video.add_argument("path", type=Path, metavar="PATH")
     video.add_argument(
@@ -410,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     video.add_argument("--json", action="store_true", help="print the JSON that POST /predict/video answers")
     video.add_argument(
+        "--raw", action="store_true", help="with --json: also each frame's own probabilities (raw_probabilities)"
+    )
+    video.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -417,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     video.set_defaults(func=cmd_video)
 
-    webcam = commands.add_parser("webcam", parents=[common], help="one line per second from a camera (Ctrl-C)")
+    webcam = commands.add_parser("webcam", parents=[common, stream], help="one line per second from a camera (Ctrl-C)")
     webcam.add_argument(
         "--device", default="0", metavar="N", help="camera index, or a video file / stream URL (default %(default)s)"
     )

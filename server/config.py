@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = []  # other origins whose pages may call the API and /ws
     trusted_hosts: Annotated[list[str], NoDecode] = []  # Host headers accepted (e.g. "emotion.example.org")
 
+    # Streams (WS /ws, videos, the CLI's video and webcam): faces keep a track id; their probabilities are averaged
+    # over time with this time constant (0: no smoothing). A track outlives a missed detection for the grace time
+    # (and at least two frames). Live frames between full detections only search around the tracked faces; a full
+    # detection runs at least every track_full_detect_seconds, so a new face appears within that time.
+    smoothing_seconds: float = Field(0.5, ge=0.0, le=60.0)
+    track_grace_seconds: float = Field(0.5, ge=0.0, le=60.0)
+    track_full_detect_seconds: float = Field(0.5, ge=0.0, le=60.0)
+
     web_dir: Path = Path("web")
 
     @property

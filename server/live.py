@@ -8,13 +8,17 @@ one being processed, and the result the client sees is always for the newest fra
 
 Messages from the server (all JSON text):
 
-- result: ``{"type": "result", "frame_id", "width", "height", "faces", "server_ms", "dropped", "timings_ms"}``;
-  ``frame_id`` numbers the binary messages of the connection from 1, ``dropped`` counts frames replaced before
-  processing so far (so ``frame_id == results + errors + dropped`` for the frames up to it).
+- result: ``{"type": "result", "frame_id", "width", "height", "faces", "server_ms", "dropped", "timings_ms",
+  "detection"}``; ``frame_id`` numbers the binary messages of the connection from 1, ``dropped`` counts frames
+  replaced before processing so far (so ``frame_id == results + errors + dropped`` for the frames up to it). Each
+  face has the ``track_id`` it keeps on this connection and smoothed probabilities (server/tracker.py); ``detection``
+  says whether the frame had a full detection (``"full"``) or a search around the tracked faces (``"window"``).
 - error: ``{"type": "error", "error": "...", "frame_id"?}``: undecodable or empty frame, bad control message; the
   connection stays open.
-- ack: ``{"type": "ack", "config": {"max_faces": n}}`` after a control message ``{"max_faces": n}`` (optionally with
-  ``"type": "config"``); ``{"type": "ping"}`` gets ``{"type": "pong"}``.
+- ack: ``{"type": "ack", "config": {"max_faces": n, "smoothing": s, "raw": b}}`` after a control message with any of
+  those keys (optionally with ``"type": "config"``): ``max_faces`` faces per frame, ``smoothing`` the time constant
+  in seconds of the labels' moving average (0: each frame's own values), ``raw: true`` adds each frame's own
+  probabilities as ``raw_probabilities``. ``{"type": "ping"}`` gets ``{"type": "pong"}``.
 
 Close codes, each after an error message saying why: 1009 for a frame over ``ws_max_frame_bytes`` (a frame over
 twice that is cut off by the WebSocket layer while it arrives: 1009 without the message, the close reason names the
@@ -41,8 +45,9 @@ from pydantic import BaseModel, Field
 
 from server.access import chosen_subprotocol
 from server.admission import Overloaded, WorkPool
-from server.pipeline import InputError, predict_bytes
+from server.pipeline import InputError, decode_image
 from server.schemas import Face
+from server.tracker import FaceTracker, TrackingPipeline
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -87,6 +92,9 @@ class LiveResult(BaseModel):
     server_ms: float = Field(description="Milliseconds from taking the frame to having its result.")
     dropped: int = Field(description="Frames of this connection replaced by newer ones before processing, so far.")
     timings_ms: dict[str, float]
+    detection: Literal["full", "window"] = Field(
+        "full", description="'full': the whole frame was searched; 'window': only around the tracked faces."
+    )
 
 
 class LiveError(BaseModel):
@@ -104,6 +112,26 @@ class LiveAck(BaseModel):
 class Frame:
     frame_id: int
     data: bytes
+    received: float  # time.monotonic() on arrival: the frame's time for tracking and smoothing
+
+
+@dataclass
+class AnalysedFrame:
+    width: int
+    height: int
+    faces: list[Face]
+    timings_ms: dict[str, float]
+    full_detection: bool
+
+
+def analyse_frame(stream: TrackingPipeline, frame: Frame, settings: Settings, max_faces: int) -> AnalysedFrame:
+    """Decode + tracked pipeline, for the thread pool."""
+    t0 = time.perf_counter()
+    image = decode_image(frame.data, settings)
+    decode_ms = (time.perf_counter() - t0) * 1e3
+    faces, timings, full = stream.analyse(image, frame.received, max_faces)
+    timings = {"decode": round(decode_ms, 3), **timings, "total": round(decode_ms + timings["total"], 3)}
+    return AnalysedFrame(image.shape[1], image.shape[0], faces, timings, full)
 
 
 class LatestFrameSlot:
@@ -175,6 +203,8 @@ class LiveHub:
 
 
 MAX_CONTROL_CHARS = 1024  # control messages are a few dozen characters; longer ones are refused unparsed
+CONFIG_KEYS = ("max_faces", "smoothing", "raw")
+MAX_SMOOTHING_SECONDS = 60.0
 
 
 def _shown(value: object, limit: int = 40) -> str:
@@ -201,16 +231,27 @@ def parse_control(text: str, settings: Settings) -> dict[str, Any]:
         return {"ping": True}
     if kind != "config":
         raise ValueError(f"unknown message type {_shown(kind)}: expected 'config' or 'ping'")
-    unknown = sorted(set(message) - {"max_faces"})
+    unknown = sorted(set(message) - set(CONFIG_KEYS))
     if unknown:
         shown = ", ".join(_shown(key) for key in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
-        raise ValueError(f"unknown config keys [{shown}]: the only setting is 'max_faces'")
+        raise ValueError(f"unknown config keys [{shown}]: the settings are {', '.join(CONFIG_KEYS)}")
     config: dict[str, Any] = {}
     if "max_faces" in message:
         n = message["max_faces"]
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.max_faces:
             raise ValueError(f"max_faces must be an integer from 1 to {settings.max_faces}, got {_shown(n)}")
         config["max_faces"] = n
+    if "smoothing" in message:
+        s = message["smoothing"]
+        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= MAX_SMOOTHING_SECONDS:
+            raise ValueError(
+                f"smoothing must be a number of seconds from 0 to {MAX_SMOOTHING_SECONDS:g}, got {_shown(s)}"
+            )
+        config["smoothing"] = float(s)
+    if "raw" in message:
+        if not isinstance(message["raw"], bool):
+            raise ValueError(f"raw must be true or false, got {_shown(message['raw'])}")
+        config["raw"] = message["raw"]
     return config
 
 
@@ -226,6 +267,9 @@ class LiveSession:
         self.max_faces = self.settings.ws_default_max_faces
         self.frames = 0
         self.leaving = False
+        # Track ids and smoothing live as long as the connection.
+        self.tracker = FaceTracker.from_settings(self.settings)
+        self.stream = TrackingPipeline(self.app.state.pipeline, self.tracker, self.settings.track_full_detect_seconds)
         self._send_lock = asyncio.Lock()
 
     def go_away(self) -> None:
@@ -300,7 +344,7 @@ class LiveSession:
                     await self.send(LiveError(frame_id=self.frames, error="empty frame: send a JPEG or WebP image"))
                     continue
                 before = self.slot.dropped
-                self.slot.put(Frame(self.frames, data))
+                self.slot.put(Frame(self.frames, data, time.monotonic()))
                 if self.slot.dropped > before:
                     self.hub.frames_dropped += 1
                     metrics.ws_frames.labels(outcome="dropped").inc()
@@ -318,12 +362,21 @@ class LiveSession:
             await self.send({"type": "pong"})
             return
         self.max_faces = config.get("max_faces", self.max_faces)
-        await self.send(LiveAck(config={"max_faces": self.max_faces}))
+        self.tracker.smoothing_seconds = config.get("smoothing", self.tracker.smoothing_seconds)
+        self.tracker.raw = config.get("raw", self.tracker.raw)
+        await self.send(
+            LiveAck(
+                config={
+                    "max_faces": self.max_faces,
+                    "smoothing": self.tracker.smoothing_seconds,
+                    "raw": self.tracker.raw,
+                }
+            )
+        )
 
     async def work_loop(self) -> None:
         pool: WorkPool = self.app.state.pool
         metrics = self.app.state.metrics
-        pipeline = self.app.state.pipeline
         while True:
             frame = await self.slot.take()
             if frame is None:
@@ -332,7 +385,7 @@ class LiveSession:
             start = time.perf_counter()
             try:
                 # Cancelled with this task when the client goes: a frame still waiting for a thread is dropped.
-                result = await pool.run(partial(predict_bytes, pipeline, frame.data, self.settings, self.max_faces))
+                result = await pool.run(partial(analyse_frame, self.stream, frame, self.settings, self.max_faces))
             except Overloaded as exc:
                 metrics.ws_frames.labels(outcome="shed").inc()
                 await self.send(LiveError(frame_id=frame.frame_id, error=exc.detail))
@@ -359,6 +412,7 @@ class LiveSession:
                     server_ms=round(server_s * 1e3, 3),
                     dropped=dropped,
                     timings_ms=result.timings_ms,
+                    detection="full" if result.full_detection else "window",
                 )
             )
 

@@ -6,6 +6,7 @@ No web framework here, so training and evaluation code can reuse ``crop_face`` a
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import time
 from pathlib import Path
@@ -225,6 +226,14 @@ def valence_arousal(probabilities: dict[str, float]) -> tuple[float, float]:
     return valence, arousal
 
 
+def _iou(a: Detection, b: Detection) -> float:
+    iw = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
+    ih = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return iw * ih / (a.w * a.h + b.w * b.h - iw * ih)
+
+
 # --- pipeline ------------------------------------------------------------------------------------------------
 
 
@@ -308,21 +317,85 @@ class EmotionPipeline:
                 image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
             )
         found = self.detector.infer(small, min_size=max(1, int(self.min_face_size * scale)))
-        faces: list[Detection] = []
-        for d in found:
-            # Map back to full resolution and clip to the image; YuNet boxes may poke past the border.
-            x0, y0 = max(0.0, d.x / scale), max(0.0, d.y / scale)
-            x1, y1 = min(float(w), (d.x + d.w) / scale), min(float(h), (d.y + d.h) / scale)
-            if min(x1 - x0, y1 - y0) >= self.min_face_size:
-                landmarks = tuple(v / scale for v in d.landmarks) if d.landmarks is not None else None
-                faces.append(Detection(x0, y0, x1 - x0, y1 - y0, d.score, landmarks))
+        faces = [f for d in found if (f := self._to_frame(d, scale, 0, 0, w, h)) is not None]
         faces.sort(key=lambda d: d.w * d.h, reverse=True)
         return faces
 
-    def predict(self, image_bgr: np.ndarray, max_faces: int | None = None) -> tuple[list[Face], dict[str, float]]:
+    def _to_frame(self, d: Detection, scale: float, ox: int, oy: int, width: int, height: int) -> Detection | None:
+        """A detection in a copy (scaled by ``scale``, cut at ``ox, oy``) -> full-resolution pixels, clipped to the
+        image (YuNet boxes may poke past the border); landmarks move with the box so the crop's eye alignment
+        works on every path. None when the clipped face is under ``min_face_size``."""
+        x0, y0 = max(0.0, ox + d.x / scale), max(0.0, oy + d.y / scale)
+        x1, y1 = min(float(width), ox + (d.x + d.w) / scale), min(float(height), oy + (d.y + d.h) / scale)
+        if min(x1 - x0, y1 - y0) < self.min_face_size:
+            return None
+        landmarks = None
+        if d.landmarks is not None:
+            landmarks = tuple((oy if i % 2 else ox) + v / scale for i, v in enumerate(d.landmarks))
+        return Detection(x0, y0, x1 - x0, y1 - y0, d.score, landmarks)
+
+    # Between full detections a live stream looks for each tracked face in a window of WINDOW_SCALE times its side
+    # around where it is expected (server/tracker.py), shrunk so that its longer side is at most WINDOW_SIDE: the
+    # face is then ~64 px, well inside YuNet's range, and the window costs a fraction of the full-frame copy.
+    WINDOW_SCALE = 2.0
+    WINDOW_SIDE = 128
+
+    def _window(self, box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+        x, y, w, h = (float(v) for v in box)
+        side = max(w, h) * self.WINDOW_SCALE
+        cx, cy = x + w / 2.0, y + h / 2.0
+        x0, y0 = max(0, int(cx - side / 2.0)), max(0, int(cy - side / 2.0))
+        x1, y1 = min(width, int(cx + side / 2.0) + 1), min(height, int(cy + side / 2.0) + 1)
+        return x0, y0, x1, y1
+
+    def detection_pixels(self, width: int, height: int) -> float:
+        """Pixels of the copy a full detection searches."""
+        scale = self.detection_scale(width, height)
+        return width * scale * height * scale
+
+    def window_pixels(self, boxes: Sequence[Sequence[float]]) -> float:
+        """Pixels the windowed search around ``boxes`` would look at (an upper bound: windows are not clamped)."""
+        return sum(min(max(b[2], b[3]) * self.WINDOW_SCALE, self.WINDOW_SIDE) ** 2 for b in boxes)
+
+    def detect_near(self, image_bgr: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[Detection]:
+        """Faces near each of ``boxes`` (x, y, w, h, full-resolution pixels): in each box's window, the face whose
+        centre is nearest the box's, if it lies in the middle half of the window. Boxes and landmarks in
+        full-resolution pixels, as ``detect`` gives them; largest first, duplicates (two windows finding one face)
+        merged."""
+        h, w = image_bgr.shape[:2]
+        found: list[Detection] = []
+        for box in boxes:
+            x0, y0, x1, y1 = self._window(box, w, h)
+            if x1 - x0 < self.min_face_size or y1 - y0 < self.min_face_size:
+                continue  # the face left the image
+            region = image_bgr[y0:y1, x0:x1]
+            scale = min(1.0, self.WINDOW_SIDE / max(x1 - x0, y1 - y0))
+            if scale < 1.0:
+                size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+                region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+            cx, cy = box[0] + box[2] / 2.0, box[1] + box[3] / 2.0
+            best: Detection | None = None
+            best_distance = math.inf
+            for d in self.detector.infer(region, min_size=max(1, int(self.min_face_size * scale))):
+                face = self._to_frame(d, scale, x0, y0, w, h)
+                if face is None:
+                    continue
+                distance = math.hypot(face.x + face.w / 2.0 - cx, face.y + face.h / 2.0 - cy)
+                # A face cut by the window's edge is a neighbour seen in part: the next full detection finds it.
+                if distance <= max(box[2], box[3]) * self.WINDOW_SCALE / 4.0 and distance < best_distance:
+                    best, best_distance = face, distance
+            if best is not None and all(_iou(best, other) < 0.5 for other in found):
+                found.append(best)
+        found.sort(key=lambda d: d.w * d.h, reverse=True)
+        return found
+
+    def predict(
+        self, image_bgr: np.ndarray, max_faces: int | None = None, detections: list[Detection] | None = None
+    ) -> tuple[list[Face], dict[str, float]]:
+        """Faces of the image with this frame's probabilities; ``detections`` (largest first) skip the detector."""
         t0 = time.perf_counter()
         limit = self.max_faces if max_faces is None else max(0, min(max_faces, self.max_faces))
-        detections = self.detect(image_bgr)[:limit]
+        detections = (self.detect(image_bgr) if detections is None else detections)[:limit]
         t1 = time.perf_counter()
         spec = self.classifier.spec
         faces: list[Face] = []

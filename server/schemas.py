@@ -15,13 +15,26 @@ class Box(BaseModel):
 
 
 class Face(BaseModel):
+    """One face. In a stream (``/ws``, a video, the CLI's video and webcam) it belongs to a track, and
+    ``probabilities`` and everything derived from them (``emotion``, ``confidence``, ``valence``, ``arousal``) are the
+    track's smoothed values; an image's faces have no track and carry the image's own values."""
+
     box: Box
     detection_score: float = Field(description="Detector confidence in [0, 1].")
-    emotion: str = Field(description="Most probable label.")
-    confidence: float = Field(description="Probability of `emotion`.")
-    probabilities: dict[str, float] = Field(description="Label -> probability, in the model's label order; sums to 1.")
+    emotion: str = Field(description="Most probable label of `probabilities` (smoothed over the track in a stream).")
+    confidence: float = Field(description="Probability of `emotion` in `probabilities`.")
+    probabilities: dict[str, float] = Field(
+        description="Label -> probability, in the model's label order; sums to 1. In a stream: the track's "
+        "exponential moving average over time (time constant `smoothing` seconds; 0 = this frame alone)."
+    )
     valence: float = Field(description="Probability-weighted circumplex valence in [-1, 1] (unpleasant -> pleasant).")
     arousal: float = Field(description="Probability-weighted circumplex arousal in [-1, 1] (calm -> excited).")
+    track_id: int | None = Field(
+        None, description="The face's identity within one stream (from 1, never reused); null for an image."
+    )
+    raw_probabilities: dict[str, float] | None = Field(
+        None, description="This frame's own probabilities, before smoothing; only when asked for (`raw`), else null."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -38,6 +51,22 @@ class VideoFrame(BaseModel):
     faces: list[Face] = Field(description="Largest face first.")
 
 
+class TrackSummary(BaseModel):
+    """One face identity of a video: how long it was seen and what it showed."""
+
+    track_id: int
+    first_seen: float = Field(description="Time (s) of the first analysed frame with this face.")
+    last_seen: float = Field(description="Time (s) of the last analysed frame with this face.")
+    samples: int = Field(description="Analysed frames in which this face was detected.")
+    seconds_seen: float = Field(description="`samples * every`: video time this face was seen.")
+    emotion_share: dict[str, float] = Field(
+        description="Label -> share of this face's frames with that (smoothed) emotion."
+    )
+    dominant_emotion: str = Field(description="Label with the largest share (ties: the model's first).")
+    mean_valence: float
+    mean_arousal: float
+
+
 class VideoSummary(BaseModel):
     sampled: int = Field(description="Frames analysed (one per `every` seconds).")
     with_face: int
@@ -48,6 +77,9 @@ class VideoSummary(BaseModel):
         "empty when no frame had a face."
     )
     dominant_emotion: str | None = Field(description="Label with the largest share; null when no face was seen.")
+    tracks: list[TrackSummary] = Field(
+        default_factory=list, description="One entry per face identity (`track_id`), in order of first appearance."
+    )
 
 
 class VideoStreamEnd(BaseModel):

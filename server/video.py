@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 from server.pipeline import InputError
-from server.schemas import VideoFrame, VideoResponse, VideoStreamEnd, VideoStreamError, VideoSummary
+from server.schemas import TrackSummary, VideoFrame, VideoResponse, VideoStreamEnd, VideoStreamError, VideoSummary
+from server.tracker import FaceTracker
 from server.uploads import receive_upload
 
 if TYPE_CHECKING:
@@ -266,8 +267,19 @@ class FrameSampler:
 # --- analysis ----------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class TrackTally:
+    first_seen: float
+    last_seen: float
+    samples: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    valence: float = 0.0
+    arousal: float = 0.0
+
+
 class VideoSummarizer:
-    """Running summary: the emotion of the largest face per sampled frame, counted over frames with a face."""
+    """Running summary: the emotion of the largest face per sampled frame, counted over frames with a face; and per
+    track, the frames it was seen in, its emotions and its mean valence / arousal."""
 
     def __init__(self, every: float):
         self.every = every
@@ -275,6 +287,7 @@ class VideoSummarizer:
         self.without_face = 0
         self.labels: list[str] = []
         self.counts: Counter[str] = Counter()
+        self.tracks: dict[int, TrackTally] = {}  # insertion order = order of first appearance
 
     def add(self, frame: VideoFrame) -> None:
         self.sampled += 1
@@ -285,6 +298,31 @@ class VideoSummarizer:
         if not self.labels:
             self.labels = list(face.probabilities)
         self.counts[face.emotion] += 1
+        for face in frame.faces:
+            if face.track_id is None:
+                continue
+            tally = self.tracks.setdefault(face.track_id, TrackTally(frame.t, frame.t))
+            tally.last_seen = frame.t
+            tally.samples += 1
+            tally.counts[face.emotion] += 1
+            tally.valence += face.valence
+            tally.arousal += face.arousal
+
+    def track_summaries(self) -> list[TrackSummary]:
+        return [
+            TrackSummary(
+                track_id=track_id,
+                first_seen=tally.first_seen,
+                last_seen=tally.last_seen,
+                samples=tally.samples,
+                seconds_seen=round(tally.samples * self.every, 3),
+                emotion_share={label: round(tally.counts[label] / tally.samples, 4) for label in self.labels},
+                dominant_emotion=max(self.labels, key=lambda label: tally.counts[label]),
+                mean_valence=round(tally.valence / tally.samples, 4),
+                mean_arousal=round(tally.arousal / tally.samples, 4),
+            )
+            for track_id, tally in self.tracks.items()
+        ]
 
     def result(self) -> VideoSummary:
         with_face = self.sampled - self.without_face
@@ -298,6 +336,7 @@ class VideoSummarizer:
             seconds_without_face=round(self.without_face * self.every, 3),
             emotion_share=share,
             dominant_emotion=dominant,
+            tracks=self.track_summaries(),
         )
 
 
@@ -366,9 +405,18 @@ class VideoAnalysis:
     decoder.
     """
 
-    def __init__(self, sampler: FrameSampler, pipeline: EmotionPipeline, *, prefetch: bool = True):
+    def __init__(
+        self,
+        sampler: FrameSampler,
+        pipeline: EmotionPipeline,
+        *,
+        prefetch: bool = True,
+        tracker: FaceTracker | None = None,
+    ):
         self.sampler = sampler
         self.pipeline = pipeline
+        # Every sample gets a full detection (samples are far apart); the tracker gives ids and smoothed labels.
+        self.tracker = tracker if tracker is not None else FaceTracker()
         self.summarizer = VideoSummarizer(sampler.every)
         frames = iter(sampler)
         self._lock = threading.Lock()
@@ -398,7 +446,9 @@ class VideoAnalysis:
         settings: Settings | None = None,
         strategy: Strategy = "auto",
         prefetch: bool = True,
+        tracker: FaceTracker | None = None,
     ) -> VideoAnalysis:
+        """``tracker`` defaults to one made from ``settings`` (or the defaults without them)."""
         sampler = FrameSampler(
             path,
             every,
@@ -406,7 +456,9 @@ class VideoAnalysis:
             max_seconds=settings.max_video_seconds if settings is not None else None,
             max_pixels=settings.max_pixels if settings is not None else None,
         )
-        return cls(sampler, pipeline, prefetch=prefetch)  # closes the sampler if it fails
+        if tracker is None and settings is not None:
+            tracker = FaceTracker.from_settings(settings)
+        return cls(sampler, pipeline, prefetch=prefetch, tracker=tracker)  # closes the sampler if it fails
 
     @property
     def info(self) -> VideoInfo:
@@ -423,7 +475,7 @@ class VideoAnalysis:
             if sample is None:
                 return None
             faces, _ = self.pipeline.predict(sample.image)
-            frame = VideoFrame(t=sample.t, faces=faces)
+            frame = VideoFrame(t=sample.t, faces=self.tracker.update(faces, sample.t))
             self.summarizer.add(frame)
             return AnalysedFrame(sample, frame)
 

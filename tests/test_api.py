@@ -45,7 +45,18 @@ def test_predict_multipart(client: httpx.Client, astronaut_jpeg: bytes) -> None:
     assert (body["width"], body["height"]) == (512, 512)
     assert len(body["faces"]) == 1
     face = body["faces"][0]
-    assert set(face) == {"box", "detection_score", "emotion", "confidence", "probabilities", "valence", "arousal"}
+    assert set(face) == {
+        "box",
+        "detection_score",
+        "emotion",
+        "confidence",
+        "probabilities",
+        "valence",
+        "arousal",
+        "track_id",
+        "raw_probabilities",
+    }
+    assert face["track_id"] is None and face["raw_probabilities"] is None  # an image has no track
     labels = client.get("/model").json()["labels"]
     assert list(face["probabilities"]) == labels
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)

@@ -108,9 +108,11 @@ def test_garbage_and_empty_frames_get_errors_and_connection_stays_usable(server:
 def test_control_messages(server: LiveServer, frame_jpeg: bytes) -> None:
     with connect(ws_url(server)) as ws:
         ws.send(json.dumps({"max_faces": 1}))
-        assert receive(ws) == {"type": "ack", "config": {"max_faces": 1}}
+        assert receive(ws) == {"type": "ack", "config": {"max_faces": 1, "smoothing": 0.5, "raw": False}}
         ws.send(json.dumps({"type": "config", "max_faces": 2}))
-        assert receive(ws) == {"type": "ack", "config": {"max_faces": 2}}
+        assert receive(ws) == {"type": "ack", "config": {"max_faces": 2, "smoothing": 0.5, "raw": False}}
+        ws.send(json.dumps({"smoothing": 0, "raw": True}))
+        assert receive(ws) == {"type": "ack", "config": {"max_faces": 2, "smoothing": 0.0, "raw": True}}
         ws.send(json.dumps({"type": "ping"}))
         assert receive(ws) == {"type": "pong"}
 
@@ -121,6 +123,10 @@ def test_control_messages(server: LiveServer, frame_jpeg: bytes) -> None:
             (json.dumps({"max_faces": "3"}), "max_faces"),
             (json.dumps({"max_faces": 10_000}), "max_faces"),
             (json.dumps({"colour": "red"}), "colour"),
+            (json.dumps({"smoothing": -1}), "smoothing"),
+            (json.dumps({"smoothing": "fast"}), "smoothing"),
+            (json.dumps({"smoothing": 1e9}), "smoothing"),
+            (json.dumps({"raw": 1}), "raw"),
             (json.dumps({"type": "shutdown"}), "shutdown"),
         ]:
             ws.send(bad)
@@ -132,6 +138,9 @@ def test_control_messages(server: LiveServer, frame_jpeg: bytes) -> None:
         ws.send(frame_jpeg)
         result = receive(ws)
         assert result["type"] == "result" and result["frame_id"] == 1 and len(result["faces"]) == 1
+        face = result["faces"][0]
+        # smoothing 0 and raw: the smoothed values are this frame's own.
+        assert face["track_id"] == 1 and face["raw_probabilities"] == face["probabilities"]
 
 
 def test_max_faces_limits_faces(model_path, yunet_path) -> None:

@@ -73,3 +73,51 @@ def truncate(path: Path, out: Path, fraction: float = 0.5) -> Path:
     data = path.read_bytes()
     out.write_bytes(data[: int(len(data) * fraction)])
     return out
+
+
+# --- clips for tracking: real photos moved around a plain background, with camera-like noise --------------------
+
+_ROOT = Path(__file__).resolve().parent.parent
+# shared/ lies beside the checkout (CI's clone), or beside the folder of worktrees (a developer's worktree).
+WILD = next(
+    (
+        p
+        for p in (d / "shared/datasets/faces-in-the-wild/images" for d in (_ROOT.parent, _ROOT.parent.parent))
+        if p.is_dir()
+    ),
+    _ROOT.parent / "shared/datasets/faces-in-the-wild/images",
+)
+
+
+def wild_face(name: str, side: int = 120) -> np.ndarray:
+    """A faces-in-the-wild photo (most are tight face crops) as a ``side`` x ``side`` BGR patch."""
+    photo = cv2.imread(str(WILD / name))
+    if photo is None:
+        raise FileNotFoundError(WILD / name)
+    return cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def scene(
+    patches: Iterable[tuple[np.ndarray, float, float]], width: int = 640, height: int = 480, grey: int = 110
+) -> np.ndarray:
+    """A grey frame with each (patch, x, y) pasted at its top-left corner (clipped at the border; later ones on top)."""
+    frame = np.full((height, width, 3), grey, np.uint8)
+    for patch, x, y in patches:
+        x, y = round(x), round(y)
+        ph, pw = patch.shape[:2]
+        x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + pw), min(height, y + ph)
+        if x1 > x0 and y1 > y0:
+            frame[y0:y1, x0:x1] = patch[y0 - y : y1 - y, x0 - x : x1 - x]
+    return frame
+
+
+def camera_noise(frame: np.ndarray, rng: np.random.Generator, sigma: float = 6.0, shift: float = 1.5) -> np.ndarray:
+    """What a webcam adds to a still scene: sensor noise, a sub-pixel wobble, JPEG compression."""
+    dx, dy = rng.uniform(-shift, shift, 2)
+    moved = cv2.warpAffine(
+        frame, np.float32([[1, 0, dx], [0, 1, dy]]), frame.shape[1::-1], borderMode=cv2.BORDER_REFLECT
+    )
+    noisy = np.clip(moved.astype(np.float32) + rng.normal(0, sigma, moved.shape), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    assert ok
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)

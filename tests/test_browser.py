@@ -122,7 +122,9 @@ def test_live_page_labels_the_face(page) -> None:
     # label holds from frame to frame).
     shown = page.get_attribute("#current-labels", "data-labels").split(",")
     assert len(shown) == 1 and shown[0] in labels, shown
-    assert page.inner_text("#current-labels").startswith(f"1: {shown[0]} ")
+    # The face is tracked: the box and the "Current:" line name it by its person number, not a colour of its own.
+    assert page.inner_text("#current-labels").startswith(f"#1 {shown[0]} ")
+    assert json.loads(page.get_attribute("#overlay", "data-frame"))["people"] == [1]
     colours = legend_colours(page, "#timeline-legend")
     assert list(colours) == [*labels, NO_FACE]
     assert len(set(colours.values())) == len(colours), "two categories share a colour"
@@ -137,16 +139,26 @@ def test_live_page_labels_the_face(page) -> None:
 
     csv = download_csv(page)
     header = csv.splitlines()[0].split(",")
-    assert header[:5] == ["time_s", "timestamp", "frame_id", "face_index", "emotion"]
+    assert header[:7] == ["time_s", "timestamp", "frame_id", "face_index", "person", "track_id", "emotion"]
     assert [f"p_{label}" for label in labels] == header[-len(labels) :]
     rows = [line.split(",") for line in csv.splitlines()[1:]]
     faces = [row for row in rows if row[3] != ""]
     assert len(faces) >= 2
     for row in faces:
-        assert row[4] in labels and row[3] == "0"  # one face, index 0
+        assert row[6] in labels and row[3] == "0"  # one face, index 0
+        assert row[4] == "1" and row[5] == "1"  # one person, one track on the one connection
         probabilities = [float(p) for p in row[-len(labels) :]]
-        assert abs(sum(probabilities) - 1) < 0.01 and row[4] == labels[probabilities.index(max(probabilities))]
+        assert abs(sum(probabilities) - 1) < 0.01 and row[6] == labels[probabilities.index(max(probabilities))]
     check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv), colours)
+
+    # The person selector lists the one person; following them shows their own timeline and summary.
+    assert page.eval_on_selector("#person-select", "s => [...s.options].map(o => o.value)") == ["", "1"]
+    page.select_option("#person-select", "1")
+    assert page.inner_text("#summary-text").startswith("Person #1 showed ")
+    assert page.inner_text("#timeline-title") == "Timeline: expression of Person #1"
+    check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv, person="1"), colours)
+    page.select_option("#person-select", "")
+    assert page.inner_text("#summary-text").startswith("Face 1 showed ")
 
     report = download_png(page, "#report-download")
     assert report.shape[1] == 1200 and 600 <= report.shape[0] <= 1400, report.shape
@@ -189,9 +201,19 @@ def test_live_timeline_shows_no_face_stretches_on_a_phone(
                 box = page.locator(selector).bounding_box()
                 assert box and box["width"] > 200 and box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
             colours = legend_colours(page, "#timeline-legend")
-            shares = csv_shares(download_csv(page))
+            csv = download_csv(page)
+            shares = csv_shares(csv)
             summary = check_timeline_and_summary(page, "#timeline", "#summary-bars", shares, colours)
             assert 0.2 < summary[NO_FACE] < 0.8, summary
+            # Following person #1: their expression while in view, "no face" (not in view) for the rest, from the
+            # frames before they appeared to those after their track ended.
+            people = sorted({row.split(",")[4] for row in csv.splitlines()[1:]} - {""}, key=int)
+            options = page.eval_on_selector("#person-select", "s => [...s.options].map(o => o.value)")
+            assert options == ["", *people] and people[0] == "1", (options, people)
+            page.select_option("#person-select", "1")
+            own = check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv, person="1"), colours)
+            assert own[NO_FACE] > summary[NO_FACE], (own, summary, people)
+            assert page.inner_text("#summary-text").startswith("Person #1 showed ")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "live-phone.png"), full_page=True)
     finally:
@@ -261,6 +283,17 @@ def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: 
         assert summary[category] == pytest.approx(share, abs=1e-9), category
     dominant = server["dominant_emotion"]
     assert page.inner_text("#video-summary").startswith(f"Face 1 showed {dominant} most: 75% ")
+    # The server tracked one face through the missed sample (grace of two samples): one person, listed by the page in
+    # the same quantity (share of the video's analysed time), from the summary's per-track entry.
+    assert {face["track_id"] for f in answer["frames"] for face in f["faces"]} == {1}
+    (track,) = server["tracks"]
+    assert track["samples"] == 3 and track["track_id"] == 1
+    people = page.locator("#video-people li")
+    assert people.count() == 1
+    own = track["emotion_share"][track["dominant_emotion"]] * track["samples"] / server["sampled"]
+    assert float(people.first.get_attribute("data-share")) == pytest.approx(own, abs=1e-9)
+    assert people.first.inner_text().startswith("Person #1: in view ")
+    assert f"showed {track['dominant_emotion']} most: {round(own * 100)}% " in people.first.inner_text()
 
     report = download_png(page, "#video-report")
     assert report.shape[1] == 1200 and report.shape[0] >= 600
@@ -311,14 +344,20 @@ def colour_pixels(image: np.ndarray, rgb: tuple[int, int, int]) -> int:
     return int(np.all(image == np.array(rgb, np.uint8), axis=-1).sum())
 
 
-def csv_shares(csv: str) -> dict[int, Counter]:
-    """Second -> Counter of face 1's expression (or "no face") over that second's frames, from the page's CSV."""
+def csv_shares(csv: str, person: str | None = None) -> dict[int, Counter]:
+    """Second -> Counter of face 1's expression (or "no face") over that second's frames, from the page's CSV; with
+    `person`, of that person's expression (or "no face" for the frames they are not in)."""
     header = csv.splitlines()[0].split(",")
-    seconds: dict[int, Counter] = defaultdict(Counter)
+    frames: dict[tuple[str, str, str], str] = {}  # (time_s, timestamp, frame_id) -> category, in CSV order
     for line in csv.splitlines()[1:]:
         row = dict(zip(header, line.split(","), strict=True))
-        if row["face_index"] in ("", "0"):
-            seconds[int(float(row["time_s"]))][row["emotion"] or NO_FACE] += 1
+        key = (row["time_s"], row["timestamp"], row["frame_id"])
+        frames.setdefault(key, NO_FACE)
+        if row["face_index"] != "" and (row["face_index"] == "0" if person is None else row["person"] == person):
+            frames[key] = row["emotion"]
+    seconds: dict[int, Counter] = defaultdict(Counter)
+    for (time_s, _, _), category in frames.items():
+        seconds[int(float(time_s))][category] += 1
     return seconds
 
 
@@ -358,7 +397,15 @@ def check_timeline_and_summary(
 def check_overlay_alignment(page, colour: tuple[int, int, int]) -> None:
     """The box drawn on the overlay lies on the face as displayed: computed here from the frame's box, the video
     element's CSS box and the (mirrored) preview, independently of overlay.js; its edges are in `colour`."""
-    frame = json.loads(page.get_attribute("#overlay", "data-frame"))
+    # The frame's boxes and the overlay's pixels are taken in one go: live frames keep coming, and a tracked face's
+    # box moves by a pixel or two between full and windowed detections.
+    frame = json.loads(
+        page.evaluate("""() => {
+        const c = document.getElementById('overlay');
+        window.overlaySnapshot = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+        return c.dataset.frame;
+    }""")
+    )
     layout = page.evaluate("""() => {
         const v = document.getElementById('video');
         return {w: v.clientWidth, h: v.clientHeight, vw: v.videoWidth, vh: v.videoHeight,
@@ -376,13 +423,21 @@ def check_overlay_alignment(page, colour: tuple[int, int, int]) -> None:
     x = layout["w"] - x - w  # mirrored preview
 
     def pixels(px: float, py: float) -> np.ndarray:
-        """The overlay's 3x3 RGBA pixels around a point given in CSS pixels."""
+        """The snapshot's 3x3 RGBA pixels around a point given in CSS pixels."""
         rgba = page.evaluate(
             """([x, y]) => {
-            const c = document.getElementById('overlay');
+            const snap = window.overlaySnapshot;
             const d = window.devicePixelRatio || 1;
-            const p = c.getContext('2d').getImageData(Math.round(x * d) - 1, Math.round(y * d) - 1, 3, 3).data;
-            return Array.from(p);
+            const out = [];
+            for (let j = -1; j <= 1; j++) {
+                for (let i = -1; i <= 1; i++) {
+                    const px = Math.round(x * d) + i, py = Math.round(y * d) + j;
+                    const k = 4 * (py * snap.width + px);
+                    const inside = px >= 0 && py >= 0 && px < snap.width && py < snap.height;
+                    out.push(...(inside ? snap.data.slice(k, k + 4) : [0, 0, 0, 0]));
+                }
+            }
+            return out;
         }""",
             [px, py],
         )

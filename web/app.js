@@ -3,7 +3,7 @@
 import { setupAccessForm } from './access.js';
 import { Camera, CameraError } from './camera.js';
 import { ShareChart } from './chart.js';
-import { faceCaption, labelColour } from './emotions.js';
+import { faceCaption, labelColour, personName } from './emotions.js';
 import { LiveClient } from './live.js';
 import { drawAffectGauge, FaceOverlay } from './overlay.js';
 import { download, fileStamp, localTime, saveReport } from './report.js';
@@ -37,6 +37,8 @@ const elements = {
   csv: $('csv-download'),
   report: $('report-download'),
   reset: $('session-reset'),
+  person: $('person-select'),
+  timelineTitle: $('timeline-title'),
 };
 
 let labels = [];
@@ -82,6 +84,7 @@ function applyLabels(newLabels) {
   session.setLabels(labels);
   timeline.setCategories(session.shares.categories, labels);
   overlay.setLabels(labels);
+  updatePeople();
   renderSummary();
 }
 
@@ -94,8 +97,9 @@ const client = new LiveClient(() => camera.captureJpeg(), {
   onResult(result, rtt) {
     const now = performance.now();
     if (!labels.length && result.faces.length) applyLabels(Object.keys(result.faces[0].probabilities));
+    session.add(now, result, client.connections); // numbers the faces' people before they are drawn
+    updatePeople();
     overlay.draw(result);
-    session.add(now, result);
     updateStats(now, result, rtt);
     timelineDirty = true;
   },
@@ -140,6 +144,24 @@ function showCurrent(faces) {
   elements.currentLabels.replaceChildren(...parts);
 }
 
+// The person the timeline, summary and report follow; null: face 1.
+function selectedPerson() {
+  return elements.person.value ? Number(elements.person.value) : null;
+}
+
+function followed() {
+  const person = selectedPerson();
+  return { series: session.series(person), who: person === null ? null : personName(person) };
+}
+
+// One option per person seen so far, added as they appear.
+function updatePeople() {
+  if (elements.person.options.length > session.people.size + 1) elements.person.length = 1; // the session was reset
+  for (let person = elements.person.options.length; person <= session.people.size; person++) {
+    elements.person.add(new Option(`person #${person}`, String(person)));
+  }
+}
+
 function redrawTimeline() {
   if (!timelineDirty) return;
   timelineDirty = false;
@@ -147,23 +169,26 @@ function redrawTimeline() {
   const span = Math.min(TIMELINE_WINDOW_S, Math.max(TIMELINE_MIN_WINDOW_S, Math.ceil(elapsed)));
   const end = Math.max(span, Math.ceil(elapsed));
   const start = end - span;
-  timeline.update(session.shares.points(Math.floor(start), Math.ceil(end)), [start, end]);
+  timeline.update(followed().series.points(Math.floor(start), Math.ceil(end)), [start, end]);
   renderSummary();
 }
 
 function renderSummary() {
-  const summary = session.shares.summary();
+  const { series, who } = followed();
+  const summary = series.summary();
+  elements.timelineTitle.textContent = `Timeline: expression of ${who ?? 'face 1'}`;
   elements.csv.disabled = session.rows.length === 0;
   elements.report.disabled = summary.buckets === 0;
   const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 rows.' : '';
-  elements.summaryText.textContent = summarySentence(summary) + truncated;
+  elements.summaryText.textContent = summarySentence(summary, who) + truncated;
   renderSummaryBars(elements.summaryBars, summary, session.shares.categories, labels);
 }
 
 // The whole session (not only the last two minutes) as a PNG.
 function saveSessionReport() {
-  const summary = session.shares.summary();
-  const points = session.shares.points();
+  const { series, who } = followed();
+  const summary = series.summary();
+  const points = series.points();
   const end = points.length ? points[points.length - 1].t + 1 : 1;
   const from = new Date(session.startedWallMs ?? Date.now());
   const to = new Date(session.lastWallMs ?? Date.now());
@@ -180,6 +205,7 @@ function saveSessionReport() {
     categories: session.shares.categories,
     labels,
     summary,
+    who,
     fileStem: `emotion-session-${fileStamp(from)}`,
   });
 }
@@ -249,8 +275,14 @@ elements.report.addEventListener('click', () => {
   saveSessionReport().catch((error) => setStatus(`Could not save the report: ${error.message}`, 'error'));
 });
 
+elements.person.addEventListener('change', () => {
+  timelineDirty = true;
+  redrawTimeline();
+});
+
 elements.reset.addEventListener('click', () => {
   session.reset(labels);
+  elements.person.length = 1;
   timelineDirty = true;
   redrawTimeline();
 });

@@ -40,10 +40,17 @@ export function percent(x, digits = 0) {
   return `${(100 * x).toFixed(digits)}%`;
 }
 
-// How a face is named on its box, in the "Current:" line and in the image panel's list: faces come largest first
-// from the server, and face 1 is the one the charts follow.
+// How a face is named on its box, in the "Current:" line and in the image panel's list. A face of the live stream
+// has a person number it keeps while the server tracks it ("#2 happy 91%"; the number, not a colour, says who it is);
+// other faces are numbered largest first ("1: happy 91%"), as the server sends them: face 1 is the one the charts
+// follow unless a person is chosen.
 export function faceCaption(face, index) {
-  return `${index + 1}: ${face.emotion} ${percent(face.confidence)}`;
+  const who = Number.isInteger(face.person) ? `#${face.person} ` : `${index + 1}: `;
+  return `${who}${face.emotion} ${percent(face.confidence)}`;
+}
+
+export function personName(person) {
+  return `Person #${person}`;
 }
 
 // Labels in model order; falls back to the keys of the first face's probabilities.

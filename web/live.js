@@ -32,6 +32,8 @@ export class LiveClient {
     this.reconnectAttempt = 0;
     this.reconnectTimer = null;
     this.sendTimer = null;
+    // Track ids (and frame ids) restart with each connection: this number tells connections apart.
+    this.connections = 0;
     this.resetFrameState();
   }
 
@@ -69,6 +71,7 @@ export class LiveClient {
 
   connect() {
     this.resetFrameState();
+    this.connections += 1;
     this.handlers.onStatus('Connecting to the server…', 'info');
     const socket = new WebSocket(socketUrl(), socketProtocols());
     this.socket = socket;

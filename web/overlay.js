@@ -6,7 +6,8 @@
 // each box goes: sent-frame pixels -> source pixels -> displayed CSS pixels.
 //
 // A face is drawn the same way everywhere: a box in its expression's colour, captioned like the "Current:" line
-// ("1: happy 91%"), and under it a small valence / arousal gauge in white, so the box colour says one thing only.
+// ("#2 happy 91%" for a tracked person, "1: happy 91%" for an image's faces), and under it a small valence / arousal
+// gauge in white, so the box colour says one thing only (who it is, is the caption's number).
 
 import { faceCaption, labelColour, textColourOn } from './emotions.js';
 
@@ -147,6 +148,7 @@ export class FaceOverlay {
     // What is drawn, in the sent frame's pixels: for tests and for anyone inspecting the page.
     this.canvas.dataset.frame = JSON.stringify({
       width: result.width, height: result.height, boxes: result.faces.map((f) => f.box),
+      people: result.faces.map((f) => f.person ?? null),
     });
     this.fitCanvas();
     const cssWidth = this.canvas.clientWidth;

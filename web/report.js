@@ -14,9 +14,10 @@ export const REPORT_NOTE =
   'A label names the facial expression the model sees in a picture of a face (its appearance), not what the ' +
   'person feels. Share = fraction of analysed time in which face 1 (the largest face) showed the expression; ' +
   '"no face" = analysed time with no face found. The chart shows the same quantity per second (per sample for ' +
-  'a video); the table is its average.';
+  'a video); the table is its average. For a chosen person, "no face" is the time they were not in view.';
 
-// report: {title, details: [string], points, range, categories, labels, summary, fileStem}
+// report: {title, details: [string], points, range, categories, labels, summary, fileStem, who?}; who names the
+// person the chart and table follow ("Person #2"), face 1 without it.
 export function drawReport(report) {
   const { categories, labels, summary } = report;
   const noteLines = 4;
@@ -65,7 +66,7 @@ export function drawReport(report) {
   ctx.font = `600 16px ${FONT}`;
   ctx.fillStyle = '#1d2330';
   ctx.textBaseline = 'top';
-  ctx.fillText(summarySentence(summary), MARGIN, y);
+  ctx.fillText(summarySentence(summary, report.who ?? null), MARGIN, y);
   y += 30;
   ctx.textBaseline = 'middle';
 
@@ -73,7 +74,7 @@ export function drawReport(report) {
   const columns = { name: MARGIN, bar: MARGIN + 170, share: MARGIN + 620, time: MARGIN + 740 };
   ctx.font = `600 14px ${FONT}`;
   ctx.fillStyle = '#444c5a';
-  ctx.fillText('Expression of face 1', columns.name, y + ROW_HEIGHT / 2);
+  ctx.fillText(`Expression of ${report.who ?? 'face 1'}`, columns.name, y + ROW_HEIGHT / 2);
   ctx.fillText('Share of analysed time', columns.bar, y + ROW_HEIGHT / 2);
   ctx.fillText('Share', columns.share, y + ROW_HEIGHT / 2);
   ctx.fillText('Time', columns.time, y + ROW_HEIGHT / 2);

@@ -1,4 +1,5 @@
-// A live session: the per-second shares the timeline and summary show, and the rows of the CSV.
+// A live session: the per-second shares the timeline and summary show (of face 1, and of each person), and the rows
+// of the CSV.
 
 import { ShareSeries } from './shares.js';
 
@@ -20,6 +21,29 @@ export class Session {
     this.lastWallMs = null;
     this.rows = [];
     this.rowsTruncated = false;
+    // People: a number per (connection, track id) in order of appearance, each with its own share series.
+    this.personOf = new Map();
+    this.people = new Map();
+  }
+
+  // The session's number for the face with `trackId` on live connection `connection` (the server's track ids
+  // restart with each connection); null for a face without a track.
+  person(connection, trackId) {
+    if (trackId === null || trackId === undefined) return null;
+    const key = `${connection}:${trackId}`;
+    if (!this.personOf.has(key)) {
+      const person = this.personOf.size + 1;
+      this.personOf.set(key, person);
+      const series = new ShareSeries(this.labels, 1);
+      series.absentLike(this.shares);
+      this.people.set(person, series);
+    }
+    return this.personOf.get(key);
+  }
+
+  // The share series of one person, or of face 1 (person null).
+  series(person = null) {
+    return (person !== null && this.people.get(person)) || this.shares;
   }
 
   setLabels(labels) {
@@ -27,8 +51,10 @@ export class Session {
     this.reset(labels);
   }
 
-  // Records one processed live frame; nowMs is a performance.now() timestamp.
-  add(nowMs, result) {
+  // Records one processed live frame; nowMs is a performance.now() timestamp, connection the live connection's
+  // number (LiveClient.connections). Sets each face's `person`.
+  add(nowMs, result, connection = 0) {
+    for (const face of result.faces) face.person = this.person(connection, face.track_id);
     if (this.startedAt === null) {
       this.startedAt = nowMs;
       this.startedWallMs = Date.now();
@@ -37,7 +63,9 @@ export class Session {
     const t = Math.round(nowMs - this.startedAt) / 1000;
     const wallMs = Date.now();
     this.lastWallMs = wallMs;
-    this.shares.add(Math.floor(t), result.faces);
+    const key = Math.floor(t);
+    this.shares.add(key, result.faces);
+    for (const [person, series] of this.people) series.add(key, result.faces.filter((f) => f.person === person));
     // A frame without a face is one row with empty face columns, so the CSV holds the "no face" stretches too.
     const faces = result.faces.length ? result.faces : [null];
     faces.forEach((face, index) => {
@@ -55,8 +83,10 @@ export class Session {
 
   csv() {
     // frame_id numbers the frames of one connection (it restarts after a reconnect); time_s is the session clock;
-    // face_index 0 is face 1 of the page (the largest).
-    const header = ['time_s', 'timestamp', 'frame_id', 'face_index', 'emotion', 'confidence', 'valence', 'arousal',
+    // face_index 0 is face 1 of the page (the largest); person numbers the session's tracked faces in order of
+    // appearance (#2 on the page), track_id is the server's id on its connection.
+    const header = ['time_s', 'timestamp', 'frame_id', 'face_index', 'person', 'track_id', 'emotion', 'confidence',
+      'valence', 'arousal',
       'box_x', 'box_y', 'box_w', 'box_h', 'detection_score', ...this.labels.map((l) => `p_${l}`)];
     const lines = [header.join(',')];
     for (const { t, wallMs, frameId, index, face } of this.rows) {
@@ -67,7 +97,7 @@ export class Session {
       }
       const b = face.box;
       lines.push([
-        ...head, index, csvField(face.emotion), fixed(face.confidence), fixed(face.valence), fixed(face.arousal),
+        ...head, index, face.person ?? '', face.track_id ?? '', csvField(face.emotion), fixed(face.confidence), fixed(face.valence), fixed(face.arousal),
         b.x, b.y, b.w, b.h, fixed(face.detection_score), ...this.labels.map((l) => fixed(face.probabilities?.[l])),
       ].join(','));
     }

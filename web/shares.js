@@ -7,6 +7,9 @@
 // once, under the top label of its face 1 or under "no face"; a bucket's shares are those counts over its frames.
 // The summary is the mean of the buckets' shares, so it is exactly the average of the bars the timeline draws.
 // For a video (one frame per bucket) this is the server's own summary: emotion_share * with_face / sampled.
+//
+// The same quantity for one person (a tracked face, docs/tracking.md) replaces face 1 by that person's face: "no
+// face" is then the analysed time the person was not in view.
 
 import { NO_FACE } from './emotions.js';
 
@@ -42,6 +45,11 @@ export class ShareSeries {
     const category = topCategory(faces);
     bucket.frames += 1;
     bucket.counts[category] = (bucket.counts[category] || 0) + 1;
+  }
+
+  // Every analysed frame of `other` so far, counted as "no face": a person first seen now was not in view before.
+  absentLike(other) {
+    for (const [key, { frames }] of other.buckets) this.buckets.set(key, { frames, counts: { [NO_FACE]: frames } });
   }
 
   get size() {

@@ -11,12 +11,17 @@ export function formatDuration(seconds) {
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
-export function summarySentence(summary) {
+// who: null for face 1, or a person's name ("Person #2"), whose "no face" is the time they were not in view.
+export function summarySentence(summary, who = null) {
   if (!summary.buckets) return 'Nothing analysed yet.';
   const analysed = formatDuration(summary.seconds);
-  if (!summary.dominant) return `No face was found in ${analysed} of analysed time.`;
-  return `Face 1 showed ${summary.dominant} most: ${percent(summary.shares[summary.dominant])} of ` +
-    `${analysed} analysed (no face: ${percent(summary.shares[NO_FACE])}).`;
+  if (!summary.dominant) {
+    return who ? `${who} showed no expression in ${analysed} of analysed time.`
+      : `No face was found in ${analysed} of analysed time.`;
+  }
+  const absent = who ? 'not in view' : 'no face';
+  return `${who ?? 'Face 1'} showed ${summary.dominant} most: ${percent(summary.shares[summary.dominant])} of ` +
+    `${analysed} analysed (${absent}: ${percent(summary.shares[NO_FACE])}).`;
 }
 
 // One row per category: name, bar, share; data-category / data-share carry the exact numbers.

@@ -130,6 +130,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
   const status = document.getElementById('video-status');
   const summaryText = document.getElementById('video-summary');
   const bars = document.getElementById('video-bars');
+  const people = document.getElementById('video-people');
   const reportButton = document.getElementById('video-report');
   const chart = new ShareChart(document.getElementById('video-chart'), document.getElementById('video-legend'));
   const series = new ShareSeries(getLabels());
@@ -157,6 +158,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
     report = null;
     summaryText.textContent = '';
     bars.replaceChildren();
+    people.replaceChildren();
     // The input's min and max are the API's limits (EVERY_MIN, EVERY_MAX in server/video.py; a test keeps them equal).
     const seconds = Math.min(Number(every.max), Math.max(Number(every.min), Number(every.value) || 1));
     let labels = getLabels();
@@ -207,6 +209,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       const summary = series.summary();
       summaryText.textContent = summarySentence(summary);
       renderSummaryBars(bars, summary, series.categories, labels);
+      renderPeople(people, end?.summary);
       const model = getModelDescription();
       report = {
         title: 'Facial-expression report: video',
@@ -231,4 +234,21 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       cancel.disabled = true;
     }
   });
+}
+
+// One line per face the server tracked through the video (summary.tracks), in the page's quantity: the share of the
+// video's analysed time in which that person showed their most shown expression. The server's emotion_share is over
+// the person's own frames, so it is scaled by samples / sampled.
+export function renderPeople(list, summary) {
+  const tracks = summary?.tracks ?? [];
+  list.replaceChildren(...tracks.map((track) => {
+    const item = document.createElement('li');
+    const share = (track.emotion_share[track.dominant_emotion] ?? 0) * track.samples / Math.max(1, summary.sampled);
+    item.dataset.trackId = String(track.track_id);
+    item.dataset.share = String(share);
+    item.textContent = `Person #${track.track_id}: in view ${formatSeconds(track.first_seen)}–` +
+      `${formatSeconds(track.last_seen)} (${track.samples} of ${summary.sampled} frames); showed ` +
+      `${track.dominant_emotion} most: ${percent(share)} of the analysed time.`;
+    return item;
+  }));
 }

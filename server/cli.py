@@ -85,6 +85,20 @@ def format_summary(summary: VideoSummary) -> str:
     )
 
 
+def format_tracks(summary: VideoSummary, every: float = 1.0) -> list[str]:
+    """One line per face track when the video had more than one (one track is the summary line already):
+    ``#2  00:00:01-00:00:03  6 frames  happy 67%, neutral 33%`` (shares of that track's own frames)."""
+    if len(summary.tracks) < 2:
+        return []
+    lines = []
+    for track in summary.tracks:
+        shares = sorted(track.emotion_share.items(), key=lambda kv: -kv[1])
+        emotions = ", ".join(f"{label} {round(share * 100)}%" for label, share in shares if share > 0)
+        seen = f"{format_timestamp(track.first_seen, every)}-{format_timestamp(track.last_seen, every)}"
+        lines.append(f"#{track.track_id}  {seen}  {track.samples} frames  {emotions}")
+    return lines
+
+
 class ProgressBar:
     """``[#######-------]  42%  25/60 s`` on one line of a terminal; cleared before other output is printed."""
 
@@ -295,7 +309,10 @@ def cmd_video(args: argparse.Namespace) -> int:
             if args.json:
                 print(analysis.response(frames).model_dump_json(indent=2))
             else:
-                print(format_summary(analysis.end().summary), flush=True)
+                summary = analysis.end().summary
+                print(format_summary(summary), flush=True)
+                for line in format_tracks(summary, args.every):
+                    print(line, flush=True)
     except InputError as exc:
         if bar is not None:
             bar.clear()

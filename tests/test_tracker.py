@@ -330,6 +330,31 @@ def test_video_answer_has_track_ids_and_a_summary_per_track(
         assert track.mean_valence == pytest.approx(np.mean([f.valence for f in own]), abs=1e-3)
 
 
+def test_cli_video_names_faces_by_track_and_lists_the_tracks(
+    model_path: Path, yunet_path: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``emotion video`` on two faces: each line names the faces by track id (``#1 ...  #2 ...``), and after the
+    summary line comes one line per track, as the API's summary.tracks says."""
+    from server.cli import format_line, format_summary, format_tracks, main
+    from server.config import Settings
+    from server.video import VideoAnalysis
+
+    a, b = wild_face("Colin_Powell_0140.jpg"), wild_face("Jayamadhuri_76.jpg")
+    rng = np.random.default_rng(9)
+    frames = [camera_noise(scene([(a, 100, 150)] + [(b, 420, 200)] * (i >= 10)), rng) for i in range(30)]
+    path = write_video(tmp_path / "two.mp4", frames, fps=10.0)
+    settings = Settings(model_path=model_path, detector="yunet", yunet_path=yunet_path)
+    with VideoAnalysis.open(path, EmotionPipeline.from_settings(settings), 1.0, settings) as analysis:
+        response = analysis.response([item.result for item in analysis])
+    expected = [format_line(frame) for frame in response.frames]
+    expected += [format_summary(response.summary), *format_tracks(response.summary)]
+    assert main(["video", str(path), "--model", str(model_path), "--yunet", str(yunet_path), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == expected
+    assert sorted(word for word in lines[2].split() if word.startswith("#")) == ["#1", "#2"]  # named by track
+    assert [line.split()[0] for line in lines[-2:]] == ["#1", "#2"] and lines[-1].split()[1].startswith("00:00:01-")
+
+
 def test_live_socket_keeps_ids_and_searches_windows(model_path: Path, yunet_path: Path, photos: Path) -> None:
     import cv2
 

@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
         if values["ferplus"] in ("none", ""):
             values["ferplus"] = None
-        values["widths"], values["convs_per_stage"] = tuple(values["widths"]), tuple(values["convs_per_stage"])
         train(TrainConfig(**values))
         return 0
     return args.func(args)

@@ -52,6 +52,12 @@ class FaceDataset:
     labels: dict[str, list[str]] = field(default_factory=dict)  # head -> class names
     raw_votes: np.ndarray | None = None  # FER+ vote counts [N, 10] (8 emotions, unknown, NF), as read
 
+    def set_fer2013_labels(self, labels: np.ndarray) -> None:
+        """The "fer2013" head from the original labels 0..6: one-hot rows, every image labelled."""
+        self.targets["fer2013"] = np.eye(len(FER2013_LABELS), dtype=np.float32)[labels]
+        self.masks["fer2013"] = np.ones(len(labels), bool)
+        self.labels["fer2013"] = list(FER2013_LABELS)
+
     def set_ferplus_votes(self, votes: np.ndarray) -> None:
         """The "ferplus" head from raw vote counts: normalised emotion votes, masked where no emotion won."""
         self.raw_votes = votes
@@ -169,9 +175,7 @@ def load_fer2013(csv_path: str | Path, ferplus_path: str | Path | None = None) -
     """FER2013 with its original labels (head "fer2013") and, given fer2013new.csv, FER+ votes (head "ferplus")."""
     images, labels, usage = read_fer2013_csv(csv_path)
     ds = FaceDataset(images=images, splits=_split_indices(usage))
-    ds.targets["fer2013"] = np.eye(len(FER2013_LABELS), dtype=np.float32)[labels]
-    ds.masks["fer2013"] = np.ones(len(labels), bool)
-    ds.labels["fer2013"] = list(FER2013_LABELS)
+    ds.set_fer2013_labels(labels)
     if ferplus_path is not None:
         votes, plus_usage = read_ferplus_votes(ferplus_path)
         if len(votes) != len(images):

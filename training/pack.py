@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import FER2013_LABELS, FERPLUS_LABELS, SPLITS, FaceDataset, load_fer2013
+from training.data import SPLITS, FaceDataset, load_fer2013
 
 FORMAT = "emotion-pack/1"
 
@@ -111,13 +111,9 @@ def read_pack(path: str | Path) -> FaceDataset:
         raise ValueError(f"{path}: checksum mismatch (the pack is damaged)")
     usage = arrays["usage"]
     ds = FaceDataset(images=arrays["images"], splits={s: np.flatnonzero(usage == i) for i, s in enumerate(SPLITS)})
-    labels = arrays["fer2013"].astype(np.int64)
-    ds.targets["fer2013"] = np.eye(len(FER2013_LABELS), dtype=np.float32)[labels]
-    ds.masks["fer2013"] = np.ones(len(labels), bool)
-    ds.labels["fer2013"] = list(FER2013_LABELS)
+    ds.set_fer2013_labels(arrays["fer2013"].astype(np.int64))
     if "ferplus_votes" in arrays:
         ds.set_ferplus_votes(arrays["ferplus_votes"].astype(np.float32))
-    assert ds.labels.get("ferplus", FERPLUS_LABELS) == FERPLUS_LABELS
     return ds
 
 

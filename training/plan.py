@@ -58,12 +58,7 @@ def run_plan(
     defaults = dict(plan.get("defaults", {}))
     if data:
         defaults["data"] = data
-    probe = TrainConfig(
-        **{
-            k: tuple(v) if isinstance(v, list) and k in ("widths", "convs_per_stage") else v
-            for k, v in defaults.items()
-        }
-    )
+    probe = TrainConfig(**defaults)
     ds = load_dataset(probe.source, probe.data, probe.ferplus)  # read once, shared by every step
     summary, t_plan = [], time.time()
     for i in parse_steps(steps, len(plan["steps"])):
@@ -71,9 +66,6 @@ def run_plan(
         t0 = time.time()
         if kind == "train":
             values = {**defaults, **args}
-            for k in ("widths", "convs_per_stage"):
-                if k in values:
-                    values[k] = tuple(values[k])
             values["minutes"] = values.get("minutes", 0) * minutes_scale
             cfg = TrainConfig(**values)
             log(f"== step {i}/{len(plan['steps'])}: train {cfg.out} ({cfg.minutes:.1f} min budget)")

@@ -59,6 +59,10 @@ class TrainConfig:
     mean: float = 0.5
     std: float = 0.25
 
+    def __post_init__(self) -> None:
+        # JSON plans and argparse give lists; the model config (and checkpoints) keep tuples.
+        self.widths, self.convs_per_stage = tuple(self.widths), tuple(self.convs_per_stage)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -3,6 +3,7 @@ mixing, time budgets, teacher soft targets, distillation and a whole plan, endin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import time
@@ -26,10 +27,12 @@ from training.train import (  # noqa: E402
     TrainConfig,
     _fit_budget,
     augment,
+    load_checkpoint,
     mix_batch,
     one_cycle_lr,
     pick_device,
     pick_precision,
+    predict,
     train,
 )
 
@@ -237,6 +240,53 @@ def test_soft_targets_distillation_and_export(fer, tmp_path):
     wrong.images = wrong.images[:-1]
     with pytest.raises(ValueError, match="soft targets for 48 images"):
         load_soft_targets(npz, wrong, ["fer2013"])
+
+
+def test_an_exported_file_teaches_the_head_it_was_exported_from(fer, tmp_path):
+    """A shipped .onnx (its checkpoint may be gone) is a stored-targets teacher: through the server's preprocessing
+    it gives the same flip-averaged probabilities as its checkpoint, for its own head only."""
+    ds = load_fer2013(fer["csv"], fer["ferplus"])
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"teacher{seed}"
+        train(TrainConfig(out=str(out), seed=seed, val_tta=True, **TINY), data=ds, log=lambda _: None)
+        runs.append(out)
+    # A tiny net is nearly flat; sharpen its head so that a face and its mirror image get clearly different
+    # probabilities and the test sees whether the file's predictions are flip-averaged like a checkpoint's.
+    ckpt = torch.load(runs[0] / "best_ferplus.pt", weights_only=False)
+    ckpt["model"]["heads.ferplus.weight"] *= 200
+    torch.save(ckpt, runs[0] / "best_ferplus.pt")
+    model = export_onnx(runs[0] / "best_ferplus.pt", tmp_path / "teacher1_ferplus.onnx", tta=False)
+    common = ["--data", str(fer["csv"]), "--ferplus", str(fer["ferplus"])]
+
+    alone = tmp_path / "file.npz"
+    assert main(["soft-targets", str(model), "--out", str(alone), *common]) == 0
+    from_file = load_soft_targets(alone, ds, ["fer2013", "ferplus"])
+    assert set(from_file) == {"ferplus"}  # a FER+ file does not teach the FER2013 head
+    net, ckpt = load_checkpoint(runs[0] / "best_ferplus.pt")
+    cfg = TrainConfig(**{k: v for k, v in ckpt["train_config"].items() if k in TrainConfig.__dataclass_fields__})
+    with torch.no_grad():
+        expected = predict(net, ds.images, dataclasses.replace(cfg, val_tta=True))["ferplus"]
+        one_view = predict(net, ds.images, dataclasses.replace(cfg, val_tta=False))["ferplus"]
+    assert np.abs(one_view - expected).max() > 0.01  # the mirror image matters to this net (5x the tolerance)
+    np.testing.assert_allclose(from_file["ferplus"], expected, atol=2e-3)  # same resize; stored as float16
+
+    mixed = tmp_path / "mixed.npz"
+    assert main(["soft-targets", str(runs[1]), str(model), "--out", str(mixed), *common]) == 0
+    both = load_soft_targets(mixed, ds, ["fer2013", "ferplus"])
+    report = json.loads(mixed.with_suffix(".json").read_text())
+    assert set(report["teachers"][str(model)]) == {"ferplus"} and set(report["teachers"][str(runs[1])]) == {
+        "fer2013",
+        "ferplus",
+    }
+    run2 = load_soft_targets(_soft_targets_of(runs[1], tmp_path, common), ds, ["ferplus"])["ferplus"]
+    np.testing.assert_allclose(both["ferplus"], (run2 + from_file["ferplus"]) / 2, atol=2e-3)
+
+
+def _soft_targets_of(run, tmp_path, common):
+    path = tmp_path / f"{run.name}_alone.npz"
+    assert main(["soft-targets", str(run), "--out", str(path), *common]) == 0
+    return path
 
 
 def test_a_plan_runs_teachers_soft_targets_and_student_in_one_command(packed, tmp_path, monkeypatch):

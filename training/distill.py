@@ -8,6 +8,10 @@ the student in one of two ways:
   accuracy; `train --soft-targets teachers.npz` then distils on any machine, a CPU included;
 - online: `train --teachers RUN [RUN ...]` runs the teachers on each augmented (and mixed) batch, which matches the
   student's input exactly and is cheap on a GPU.
+
+An exported model file (`models/emotion_ferplus.onnx`) can be a stored-targets teacher too: it teaches the one head
+its `label_source` names, through the server's own preprocessing, so a shipped model whose checkpoint is gone can
+still teach its successor.
 """
 
 from __future__ import annotations
@@ -56,23 +60,53 @@ def teacher_probabilities(
         ok = truth >= 0
         members = []
         for run in runs:
-            path = teacher_checkpoints(run, h)
-            net, ckpt = load_checkpoint(path)
-            cfg = dataclasses.replace(_train_config(ckpt["train_config"]), val_tta=True)
             t0 = time.time()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=pick_precision("auto", device)[0] == "bf16"):
-                probs = predict(net.to(device, memory_format=torch.channels_last), ds.images, cfg)[h]
+            if str(run).endswith(".onnx"):
+                probs = onnx_probabilities(run, ds, h)
+                if probs is None:  # a file teaches only the head it was exported from
+                    continue
+                size = f"{Path(run).stat().st_size / 1e6:.1f} MB file"
+                path = run
+            else:
+                path = teacher_checkpoints(run, h)
+                net, ckpt = load_checkpoint(path)
+                cfg = dataclasses.replace(_train_config(ckpt["train_config"]), val_tta=True)
+                bf16 = pick_precision("auto", device)[0] == "bf16"
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    probs = predict(net.to(device, memory_format=torch.channels_last), ds.images, cfg)[h]
+                size = f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M"
             acc = float((probs[val][ok].argmax(1) == truth[ok]).mean())
             report["teachers"].setdefault(str(run), {})[h] = acc
-            log(
-                f"teacher {path} ({sum(p.numel() for p in net.parameters()) / 1e6:.1f}M): {h} PublicTest "
-                f"{acc:.4f} (flip-averaged), {time.time() - t0:.0f} s"
-            )
+            log(f"teacher {path} ({size}): {h} PublicTest {acc:.4f} (flip-averaged), {time.time() - t0:.0f} s")
             members.append(probs)
+        if not members:  # e.g. only exported FER+ files were given: the student learns this head from labels
+            log(f"no teacher for head {h}: it is not distilled")
+            continue
         ensemble[h] = np.mean(members, axis=0).astype(np.float32)
         report["ensemble"][h] = float((ensemble[h][val][ok].argmax(1) == truth[ok]).mean())
-        log(f"ensemble of {len(runs)}: {h} PublicTest {report['ensemble'][h]:.4f}")
+        log(f"ensemble of {len(members)}: {h} PublicTest {report['ensemble'][h]:.4f}")
     return ensemble, report
+
+
+def onnx_probabilities(path: str | Path, ds: FaceDataset, head: str) -> np.ndarray | None:
+    """An exported model's flip-averaged probabilities for every image, through the server's preprocessing; None
+    when the file was exported from another head."""
+    import cv2  # noqa: PLC0415
+
+    from server.classifier import EmotionClassifier  # noqa: PLC0415
+
+    classifier = EmotionClassifier(path)
+    spec = classifier.spec
+    if spec.metadata.get("label_source") != head:
+        return None
+    if spec.labels != ds.labels[head] or spec.channels != 1:
+        raise ValueError(f"{path}: labels {spec.labels} ({spec.channels} channels) do not match head {head}")
+    h, w = spec.input_size
+    out = []
+    for i in range(0, len(ds.images), 512):
+        faces = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in ds.images[i : i + 512]])
+        out.append(0.5 * (classifier.infer(faces) + classifier.infer(np.ascontiguousarray(faces[:, :, ::-1]))))
+    return np.concatenate(out).astype(np.float32)
 
 
 def save_soft_targets(path: str | Path, probs: dict[str, np.ndarray], ds: FaceDataset, report: dict) -> None:
@@ -161,7 +195,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("runs", nargs="+", help="teacher run folders (their best_<head>.pt are used)")
+    p.add_argument(
+        "runs", nargs="+", help="teacher run folders (their best_<head>.pt are used) or exported .onnx files"
+    )
     p.add_argument("--out", required=True, help="output .npz (a few MB)")
     p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="CSV or .pack")
     p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="'none' to skip")
@@ -175,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset("fer2013", args.data, None if args.ferplus in ("none", "") else args.ferplus)
     device = pick_device(args.device)
     probs, report = teacher_probabilities(args.runs, ds, list(ds.targets), device)
+    if not probs:
+        raise SystemExit("no teacher covers any head of the data")
     save_soft_targets(args.out, probs, ds, report)
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     size = Path(args.out).stat().st_size / 1e6

@@ -473,6 +473,22 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
         assert r["accuracy_detected"] in (0.0, 1 / 3, 2 / 3, 1.0)
         assert r["accuracy"] == pytest.approx(r["accuracy_detected"] * 3 / 4)  # the blank photo counts as wrong
         assert set(r["recall"]) == {"happy", "neutral"}
+        cm = np.array(r["confusion_matrix"])
+        assert cm.shape == (7, 7) and cm.sum() == 3 and np.trace(cm) == round(r["accuracy_detected"] * 3)
+        assert cm[r["labels"].index("happy")].sum() == 2 and cm[r["labels"].index("neutral")].sum() == 1
+
+    # The benchmark script prints the same numbers for the file's own margin, and draws the confusion matrix.
+    at = measure_margin(exported["fer2013"], photos, yunet=None, margins=(0.15,))[("none", 0.15)]  # its own margin
+    bench = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks/bench_photos.py"), str(exported["fer2013"])]
+        + ["--photos", str(photos), "--yunet", "none", "--plot", str(tmp_path / "plots")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert f"accuracy {at['accuracy']:.1%} of 4 photos (3 with a face)" in bench.stdout
+    assert (tmp_path / "plots" / f"{exported['fer2013'].stem}_photos.png").stat().st_size > 5000
 
     # Through the CLI: the best margin is written into the file, with the whole search for the record.
     out = tmp_path / "emotion_fer2013.onnx"

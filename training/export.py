@@ -149,12 +149,15 @@ def measure_margin(
             pred = classifier.infer(crops).argmax(1)
             correct = int((pred == truth_arr).sum())
             recall = {classifier.labels[k]: round(float((pred[truth_arr == k] == k).mean()), 4) for k in present}
+            k = len(classifier.labels)
             results[(align, m)] = {
                 "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
                 "accuracy_detected": correct / max(len(truth), 1),
                 "faces": len(truth),
                 "photos": len(rows),
-                "recall": recall,
+                "recall": recall,  # over the photos with a face
+                "confusion_matrix": np.bincount(truth_arr * k + pred, minlength=k * k).reshape(k, k).tolist(),
+                "labels": classifier.labels,
             }
             print(
                 f"align {align:4} margin {m:.2f}: accuracy {results[(align, m)]['accuracy']:.3f} over "

@@ -1,0 +1,67 @@
+"""End-to-end accuracy on labelled real photos, through the server's own detection, crop and classifier.
+
+    python benchmarks/bench_photos.py [models/emotion_ferplus.onnx ...] [--photos DIR] [--plot DIR]
+
+Each file is measured with its own crop margin and alignment (its metadata). Photos where no face is found count
+as wrong; photos whose label the model does not have (contempt for a 7-class file) are skipped. Prints the
+accuracy, every class's recall and the confusion matrix; --plot writes <DIR>/<file>_photos.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+from _common import ROOT, find_yunet  # noqa: E402
+
+from server.classifier import EmotionClassifier  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", help="ONNX files (default: models/emotion_*.onnx)")
+    p.add_argument("--photos", default=str(ROOT.parent / "shared/datasets/faces-in-the-wild"))
+    p.add_argument("--yunet", default=None, help="YuNet file (default: models/ or ../shared/models/); 'none': Haar")
+    p.add_argument("--plot", default=None, help="folder for one confusion-matrix picture per file")
+    args = p.parse_args()
+    from training.evaluate import classification_report, plot_confusion  # noqa: PLC0415  (the [train] extra)
+    from training.export import measure_margin  # noqa: PLC0415
+
+    photos = Path(args.photos)
+    if not (photos / "labels.csv").is_file():
+        sys.exit(f"{photos}: no labels.csv (give --photos)")
+    yunet = None if args.yunet == "none" else find_yunet(args.yunet)
+    paths = args.models or [str(m) for m in sorted((ROOT / "models").glob("emotion_*.onnx"))]
+    for path in paths:
+        spec = EmotionClassifier(path).spec
+        margin, align = spec.crop_margin, spec.metadata.get("align", "none")
+        print(f"{Path(path).name}: margin {margin:g}, align {align}, detector {'YuNet' if yunet else 'Haar'}")
+        result = measure_margin(path, photos, yunet, margins=(margin,), aligns=(align,))[(align, margin)]
+        labels, cm = result["labels"], result["confusion_matrix"]
+        width = max(len(n) for n in labels) + 1
+        print(f"  accuracy {result['accuracy']:.1%} of {result['photos']} photos ({result['faces']} with a face)")
+        print("  confusion (rows: label, columns: prediction)")
+        print("  " + " " * width + "".join(f"{n[:5]:>6}" for n in labels))
+        for name, row in zip(labels, cm, strict=True):
+            if sum(row):
+                print(f"  {name:<{width}}" + "".join(f"{v:>6}" for v in row))
+        if args.plot:
+            cm = np.array(cm)
+            truth = np.repeat(np.arange(len(labels)), cm.sum(1))  # back to one (label, prediction) pair per face
+            pred = np.concatenate([np.repeat(np.arange(len(labels)), row) for row in cm])
+            report = classification_report(truth, pred, labels)
+            report.update(split=f"{photos.name} (faces found)", label_source=Path(path).stem)
+            out = Path(args.plot) / f"{Path(path).stem}_photos.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            plot_confusion(report, out)
+            print(f"  wrote {out}")
+        print("  " + json.dumps({"accuracy": round(result["accuracy"], 4), "recall": result["recall"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,8 +29,14 @@ def test_metadata_records_how_it_was_made_and_measured(shipped: Path) -> None:
     assert len(spec.labels) == (8 if meta["label_source"] == "ferplus" else 7)
     metrics = json.loads(meta["metrics"])["PublicTest"]
     assert 0.6 < metrics["accuracy"] <= 1 and 0.4 < metrics["macro_f1"] <= 1
-    search = {float(m): acc for m, acc in json.loads(meta["margin_search"]).items()}
-    assert spec.crop_margin == max(search, key=search.get)  # the margin recorded is the best one measured
+    # keys are "margin" or, when both alignments were measured, "align/margin"
+    search = {
+        (k.split("/")[0] if "/" in k else "none", float(k.split("/")[-1])): acc
+        for k, acc in json.loads(meta["margin_search"]).items()
+    }
+    best = max(search, key=search.get)  # the crop recorded is the best one measured
+    assert (meta.get("align", "none"), spec.crop_margin) == best
+    assert set(json.loads(meta["photo_recall"])) <= set(spec.labels)
 
 
 @pytest.mark.parametrize("detector", ["haar", "yunet"])

@@ -452,6 +452,29 @@ def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer,
 # --- crop margin on a real photo --------------------------------------------------------------------------------------
 
 
+def test_flip_averaging_added_to_an_exported_file_matches_the_exported_one(tmp_path, trained):
+    """`training tta` turns a file exported without flip averaging into one that averages in the graph, equal to
+    exporting with it, and the attack interpreter still reproduces the graph."""
+    from training.onnx_torch import OnnxModule
+    from training.onnx_torch import parity_check as interpreter_parity
+
+    checkpoint = trained["out"] / "best_ferplus.pt"
+    plain = export_onnx(checkpoint, tmp_path / "plain.onnx", tta=False)
+    with_tta = export_onnx(checkpoint, tmp_path / "with_tta.onnx", tta=True)
+    out = tmp_path / "added.onnx"
+    assert main(["tta", str(plain), str(out)]) == 0
+    faces = np.random.default_rng(0).integers(0, 256, (5, 40, 40), dtype=np.uint8)
+    added, exported, one_view = (EmotionClassifier(p) for p in (out, with_tta, plain))
+    assert added.spec.metadata["tta"] == "flip" and added.spec.labels == one_view.spec.labels
+    np.testing.assert_allclose(added.infer(faces), exported.infer(faces), atol=1e-5)
+    assert np.abs(added.infer(faces) - one_view.infer(faces)).max() > 1e-4  # it changed the output, 10x the tolerance
+    np.testing.assert_allclose(added.infer(faces[:1]), exported.infer(faces[:1]), atol=1e-5)  # batch of one
+    x = np.random.default_rng(1).normal(0, 1, (4, 1, 40, 40)).astype(np.float32)
+    assert interpreter_parity(OnnxModule(out), out, x) < 1e-5
+    with pytest.raises(ValueError, match="already averages"):
+        main(["tta", str(out), str(tmp_path / "twice.onnx")])
+
+
 def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) provides the astronaut photo")
     astronaut = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)

@@ -1,4 +1,4 @@
-"""`python -m training train|evaluate|export|pack|soft-targets|plan|quantize|attack`: see `--help` of each."""
+"""`python -m training train|evaluate|export|tta|pack|soft-targets|plan|quantize|attack`: see `--help` of each."""
 
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from training import attack, distill, evaluate, export, pack, plan, quantize  # noqa: PLC0415  (keeps `train --help` fast)
 
     export.add_parser(sub)
+    export.add_tta_parser(sub)
     evaluate.add_parser(sub)
     pack.add_parser(sub)
     distill.add_parser(sub)

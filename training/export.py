@@ -86,6 +86,55 @@ def parity_check(wrapper: torch.nn.Module, path: Path, size: int, n: int = 16, a
     return diff
 
 
+def add_flip_tta(path: str | Path, out: str | Path) -> Path:
+    """Average an exported file's output with its output on the mirrored face, in the graph, for a file whose
+    checkpoint is gone (or an int8 file): the batch is run once with its mirror images appended, the two halves of
+    the result are averaged. Every metadata key is kept; `tta` becomes "flip"."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ValueError(f"{path}: expected one input and one output")
+    x, y = graph.input[0].name, graph.output[0].name
+    if dict((p.key, p.value) for p in model.metadata_props).get("tta") == "flip":
+        raise ValueError(f"{path}: already averages with the mirror image (tta: flip)")
+    inner_x, inner_y = f"{x}/with_mirrors", f"{y}/with_mirrors"
+    for node in graph.node:
+        node.input[:] = [inner_x if n == x else n for n in node.input]
+        node.output[:] = [inner_y if n == y else n for n in node.output]
+    for node in graph.node:
+        node.input[:] = [inner_y if n == y else n for n in node.input]
+    k = len(json.loads(dict((p.key, p.value) for p in model.metadata_props)["labels"]))
+    const = onnx.numpy_helper.from_array
+    graph.initializer.extend(
+        [
+            const(np.array([-1], np.int64), "tta/start"),
+            const(np.array([np.iinfo(np.int64).min], np.int64), "tta/end"),
+            const(np.array([3], np.int64), "tta/axis"),  # NCHW: the width
+            const(np.array([-1], np.int64), "tta/step"),
+            const(np.array([2, -1, k], np.int64), "tta/views"),  # (2N, K) -> (2, N, K): the faces, then mirrors
+        ]
+    )
+    make = onnx.helper.make_node
+    before = [
+        make("Slice", [x, "tta/start", "tta/end", "tta/axis", "tta/step"], ["tta/mirrored"]),
+        make("Concat", [x, "tta/mirrored"], [inner_x], axis=0),
+    ]
+    after = [
+        make("Reshape", [inner_y, "tta/views"], ["tta/by_view"]),
+        make("ReduceMean", ["tta/by_view"], [y], axes=[0], keepdims=0),
+    ]
+    nodes = before + list(graph.node) + after
+    del graph.node[:]
+    graph.node.extend(nodes)
+    props = {p.key: p.value for p in model.metadata_props} | {"tta": "flip"}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    out = Path(out)
+    onnx.save(model, str(out))
+    return out
+
+
 def set_metadata(path: str | Path, **values: str) -> None:
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props} | values
@@ -197,6 +246,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_tta_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tta",
+        help="add in-graph flip averaging to an exported file (float or int8) whose checkpoint is gone",
+        description=add_flip_tta.__doc__,
+    )
+    p.add_argument("model", help="exported .onnx file")
+    p.add_argument("out", help="output .onnx (may be the same path)")
+    p.add_argument("--photos", default=None, help="labelled photos: choose the crop again, as `export --photos`")
+    p.add_argument("--yunet", default=None, help="YuNet model for that measurement (Haar if absent)")
+    p.add_argument("--align", choices=["auto", "none", "eyes"], default="auto")
+    p.set_defaults(func=_run_tta)
+
+
+def _run_tta(args: argparse.Namespace) -> int:
+    path = add_flip_tta(args.model, args.out)
+    if args.photos:
+        choose_crop(path, args.photos, args.yunet, args.align)
+    print(f"wrote {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     history = Path(args.checkpoint).parent / "history.json"
     metrics = {}
@@ -208,26 +279,28 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, tta=not args.no_tta, crop_margin=args.margin, metrics=metrics, version=args.version
     )
     if args.photos:
-        yunet = args.yunet if args.yunet and Path(args.yunet).exists() else None
-        aligns = (
-            ("none", "eyes") if args.align == "auto" and yunet else (args.align if args.align != "auto" else "none",)
-        )
-        results = measure_margin(path, args.photos, yunet, aligns=aligns)
-        align, margin = max(results, key=lambda k: results[k]["accuracy"])
-        set_metadata(
-            path,
-            crop_margin=f"{margin:g}",
-            align=align,
-            margin_search=json.dumps(
-                {
-                    f"{a}/{m:g}" if len(aligns) > 1 else f"{m:g}": round(r["accuracy"], 4)
-                    for (a, m), r in results.items()
-                }
-            ),
-            photo_recall=json.dumps(results[(align, margin)]["recall"]),
-        )
-        print(f"chosen: align {align}, crop margin {margin:g} (accuracy {results[(align, margin)]['accuracy']:.3f})")
+        choose_crop(path, args.photos, args.yunet, args.align)
     elif args.align == "eyes":
         set_metadata(path, align="eyes")
     print(f"wrote {path}")
     return 0
+
+
+def choose_crop(path: str | Path, photos: str | Path, yunet: str | None, align: str = "auto") -> None:
+    """Measure every crop margin (and, with `align` auto and YuNet, both alignments) end to end on the labelled
+    photos and write the best into the file, with the whole search and the chosen crop's recall per class."""
+    yunet = yunet if yunet and Path(yunet).exists() else None
+    aligns = ("none", "eyes") if align == "auto" and yunet else (align if align != "auto" else "none",)
+    results = measure_margin(path, photos, yunet, aligns=aligns)
+    best_align, margin = max(results, key=lambda k: results[k]["accuracy"])
+    set_metadata(
+        path,
+        crop_margin=f"{margin:g}",
+        align=best_align,
+        margin_search=json.dumps(
+            {f"{a}/{m:g}" if len(aligns) > 1 else f"{m:g}": round(r["accuracy"], 4) for (a, m), r in results.items()}
+        ),
+        photo_recall=json.dumps(results[(best_align, margin)]["recall"]),
+    )
+    best = results[(best_align, margin)]["accuracy"]
+    print(f"chosen: align {best_align}, crop margin {margin:g} (accuracy {best:.3f})")

@@ -474,6 +474,15 @@ def test_flip_averaging_added_to_an_exported_file_matches_the_exported_one(tmp_p
     with pytest.raises(ValueError, match="already averages"):
         main(["tta", str(out), str(tmp_path / "twice.onnx")])
 
+    # from opset 18 on, ReduceMean takes its axes as an input
+    import onnx
+    from onnx import version_converter
+
+    newer = tmp_path / "opset18.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(str(plain)), 18), str(newer))
+    assert main(["tta", str(newer), str(newer)]) == 0
+    np.testing.assert_allclose(EmotionClassifier(newer).infer(faces), exported.infer(faces), atol=1e-5)
+
 
 def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) provides the astronaut photo")

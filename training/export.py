@@ -95,15 +95,14 @@ def add_flip_tta(path: str | Path, out: str | Path) -> Path:
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise ValueError(f"{path}: expected one input and one output")
     x, y = graph.input[0].name, graph.output[0].name
-    if dict((p.key, p.value) for p in model.metadata_props).get("tta") == "flip":
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("tta") == "flip":
         raise ValueError(f"{path}: already averages with the mirror image (tta: flip)")
-    inner_x, inner_y = f"{x}/with_mirrors", f"{y}/with_mirrors"
+    inner = {x: f"{x}/with_mirrors", y: f"{y}/with_mirrors"}  # the old graph now runs between these two
     for node in graph.node:
-        node.input[:] = [inner_x if n == x else n for n in node.input]
-        node.output[:] = [inner_y if n == y else n for n in node.output]
-    for node in graph.node:
-        node.input[:] = [inner_y if n == y else n for n in node.input]
-    k = len(json.loads(dict((p.key, p.value) for p in model.metadata_props)["labels"]))
+        node.input[:] = [inner.get(n, n) for n in node.input]
+        node.output[:] = [inner.get(n, n) for n in node.output]
+    k = len(json.loads(meta["labels"]))
     const = onnx.numpy_helper.from_array
     graph.initializer.extend(
         [
@@ -115,20 +114,23 @@ def add_flip_tta(path: str | Path, out: str | Path) -> Path:
         ]
     )
     make = onnx.helper.make_node
-    before = [
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= 18:  # ReduceMean's axes became an input
+        graph.initializer.append(const(np.array([0], np.int64), "tta/first"))
+        mean = make("ReduceMean", ["tta/by_view", "tta/first"], [y], keepdims=0)
+    else:
+        mean = make("ReduceMean", ["tta/by_view"], [y], axes=[0], keepdims=0)
+    nodes = [
         make("Slice", [x, "tta/start", "tta/end", "tta/axis", "tta/step"], ["tta/mirrored"]),
-        make("Concat", [x, "tta/mirrored"], [inner_x], axis=0),
+        make("Concat", [x, "tta/mirrored"], [inner[x]], axis=0),
+        *graph.node,
+        make("Reshape", [inner[y], "tta/views"], ["tta/by_view"]),
+        mean,
     ]
-    after = [
-        make("Reshape", [inner_y, "tta/views"], ["tta/by_view"]),
-        make("ReduceMean", ["tta/by_view"], [y], axes=[0], keepdims=0),
-    ]
-    nodes = before + list(graph.node) + after
     del graph.node[:]
     graph.node.extend(nodes)
-    props = {p.key: p.value for p in model.metadata_props} | {"tta": "flip"}
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
+    onnx.helper.set_model_props(model, meta | {"tta": "flip"})
     onnx.checker.check_model(model)
     out = Path(out)
     onnx.save(model, str(out))

@@ -37,6 +37,7 @@ import torch
 
 from server.classifier import EmotionClassifier
 from server.pipeline import MAX_ALIGN_DEGREES, EmotionPipeline, crop_face, decode_image, eye_angle, square_box
+from training.data import resize_faces
 from training.onnx_torch import QUANTIZED_ATOL, OnnxModule, parity_check
 
 GRAY_FROM_BGR = (0.114, 0.587, 0.299)  # cv2.COLOR_BGR2GRAY
@@ -483,7 +484,7 @@ class FaceBatchAttack:
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Argmax of the server's onnxruntime classifier on uint8 faces [N, S, S], through the evaluate path."""
         h, w = self.model.spec.input_size
-        crops = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in faces])
+        crops = resize_faces(faces, h, w)
         if self.channels == 3:
             crops = np.repeat(crops[..., None], 3, axis=3)
         return self.model.classifier.infer(crops).argmax(1)

@@ -84,6 +84,12 @@ class FaceDataset:
         return out
 
 
+def resize_faces(images: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8 faces [N, H0, W0] -> [N, h, w] with OpenCV's INTER_AREA, as the server resizes its crops (and as every
+    number measured on these images assumes)."""
+    return np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in images])
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")

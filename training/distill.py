@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.data import FaceDataset, load_dataset
+from training.data import FaceDataset, load_dataset, resize_faces
 
 
 def _train_config(values: dict):  # -> TrainConfig; imported late, train.py imports this module
@@ -91,8 +91,6 @@ def teacher_probabilities(
 def onnx_probabilities(path: str | Path, ds: FaceDataset, head: str) -> np.ndarray | None:
     """An exported model's flip-averaged probabilities for every image, through the server's preprocessing; None
     when the file was exported from another head."""
-    import cv2  # noqa: PLC0415
-
     from server.classifier import EmotionClassifier  # noqa: PLC0415
 
     classifier = EmotionClassifier(path)
@@ -104,7 +102,7 @@ def onnx_probabilities(path: str | Path, ds: FaceDataset, head: str) -> np.ndarr
     h, w = spec.input_size
     out = []
     for i in range(0, len(ds.images), 512):
-        faces = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in ds.images[i : i + 512]])
+        faces = resize_faces(ds.images[i : i + 512], h, w)
         out.append(0.5 * (classifier.infer(faces) + classifier.infer(np.ascontiguousarray(faces[:, :, ::-1]))))
     return np.concatenate(out).astype(np.float32)
 

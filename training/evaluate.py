@@ -11,10 +11,9 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from training.data import FaceDataset, load_dataset
+from training.data import FaceDataset, load_dataset, resize_faces
 
 
 def classification_report(truth: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
@@ -55,7 +54,7 @@ def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicT
     truth = ds.hard_labels(head)[idx]
     keep = truth >= 0  # FER+ majority protocol: drop unknown / not-a-face / tied rows
     h, w = spec.input_size
-    faces = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in ds.images[idx][keep]])
+    faces = resize_faces(ds.images[idx][keep], h, w)
     if spec.channels == 3:
         faces = np.repeat(faces[..., None], 3, axis=3)
     if ds.labels[head] != spec.labels:

@@ -19,12 +19,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from training.data import FaceDataset, load_dataset
+from training.data import FaceDataset, load_dataset, resize_faces
 
 
 def calibration_batches(ds: FaceDataset, path: str | Path, n: int = 512, batch: int = 32) -> list[np.ndarray]:
     """Preprocessed Training faces (an even spread over the split), through the server's own preprocessing."""
-    import cv2
 
     from server.classifier import EmotionClassifier
 
@@ -32,7 +31,7 @@ def calibration_batches(ds: FaceDataset, path: str | Path, n: int = 512, batch: 
     h, w = clf.spec.input_size
     idx = ds.split("Training")
     idx = idx[:: max(1, len(idx) // n)][:n]
-    crops = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in ds.images[idx]])
+    crops = resize_faces(ds.images[idx], h, w)
     x = clf.preprocess(crops)
     return [x[i : i + batch] for i in range(0, len(x), batch)]
 

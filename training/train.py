@@ -13,12 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.data import FaceDataset, load_dataset
+from training.data import FaceDataset, load_dataset, resize_faces
 from training.distill import Teachers
 from training.model import EmotionNet, ModelConfig
 
@@ -176,7 +175,7 @@ def to_input(images: np.ndarray, size: int, mean: float, std: float) -> torch.Te
     """uint8 [N,48,48] -> normalised float [N,1,size,size], resized with OpenCV's INTER_AREA exactly as the server
     and `evaluate` do, so the PublicTest accuracy that picks the best epoch is the one the exported model gets."""
     if images.shape[-1] != size:
-        images = np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for img in images])
+        images = resize_faces(images, size, size)
     x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
     return (x - mean) / std
 

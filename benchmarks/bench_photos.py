@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("--yunet", default=None, help="YuNet file (default: models/ or ../shared/models/); 'none': Haar")
     p.add_argument("--plot", default=None, help="folder for one confusion-matrix picture per file")
     args = p.parse_args()
-    from training.evaluate import classification_report, plot_confusion  # noqa: PLC0415  (the [train] extra)
+    from training.evaluate import plot_confusion, report_from_confusion  # noqa: PLC0415  (the [train] extra)
     from training.export import measure_margin  # noqa: PLC0415
 
     photos = Path(args.photos)
@@ -50,10 +50,7 @@ def main() -> int:
             if sum(row):
                 print(f"  {name:<{width}}" + "".join(f"{v:>6}" for v in row))
         if args.plot:
-            cm = np.array(cm)
-            truth = np.repeat(np.arange(len(labels)), cm.sum(1))  # back to one (label, prediction) pair per face
-            pred = np.concatenate([np.repeat(np.arange(len(labels)), row) for row in cm])
-            report = classification_report(truth, pred, labels)
+            report = report_from_confusion(np.array(cm), labels)
             report.update(split=f"{photos.name} (faces found)", label_source=Path(path).stem)
             out = Path(args.plot) / f"{Path(path).stem}_photos.png"
             out.parent.mkdir(parents=True, exist_ok=True)

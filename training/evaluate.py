@@ -16,9 +16,17 @@ import numpy as np
 from training.data import FaceDataset, load_dataset, resize_faces
 
 
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """[k, k] counts: rows the true class, columns the prediction."""
+    return np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
+
+
 def classification_report(truth: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
+    return report_from_confusion(confusion_matrix(truth, pred, len(labels)), labels)
+
+
+def report_from_confusion(cm: np.ndarray, labels: list[str]) -> dict:
     k = len(labels)
-    cm = np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
     tp = np.diag(cm).astype(float)
     precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
     recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)

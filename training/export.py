@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from training.evaluate import confusion_matrix
 from training.model import ExportWrapper
 from training.train import load_checkpoint
 
@@ -199,15 +200,15 @@ def measure_margin(
             )
             pred = classifier.infer(crops).argmax(1)
             correct = int((pred == truth_arr).sum())
-            recall = {classifier.labels[k]: round(float((pred[truth_arr == k] == k).mean()), 4) for k in present}
-            k = len(classifier.labels)
+            cm = confusion_matrix(truth_arr, pred, len(classifier.labels))
+            recall = {classifier.labels[k]: round(float(cm[k, k] / cm[k].sum()), 4) for k in present}
             results[(align, m)] = {
                 "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
                 "accuracy_detected": correct / max(len(truth), 1),
                 "faces": len(truth),
                 "photos": len(rows),
                 "recall": recall,  # over the photos with a face
-                "confusion_matrix": np.bincount(truth_arr * k + pred, minlength=k * k).reshape(k, k).tolist(),
+                "confusion_matrix": cm.tolist(),
                 "labels": classifier.labels,
             }
             print(

@@ -170,8 +170,8 @@ def measure_margin(
     pipeline = EmotionPipeline(create_detector("yunet" if yunet else "haar", yunet or ""), classifier)
     with open(photos / "labels.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["emotion"] in classifier.labels]
-    found, images, truth = [], [], []
-    for r in rows:
+    found, images, truth, kept = [], [], [], []
+    for i, r in enumerate(rows):
         image = cv2.imread(str(photos / "images" / r["file"]))
         faces = pipeline.detect(image) if image is not None else []
         if not faces:
@@ -179,6 +179,7 @@ def measure_margin(
         found.append(faces[0])  # largest first
         images.append(image)
         truth.append(classifier.labels.index(r["emotion"]))
+        kept.append(i)
     truth_arr = np.array(truth)
     present = sorted(set(truth))
     results = {}
@@ -202,6 +203,9 @@ def measure_margin(
             correct = int((pred == truth_arr).sum())
             cm = confusion_matrix(truth_arr, pred, len(classifier.labels))
             recall = {classifier.labels[k]: round(float(cm[k, k] / cm[k].sum()), 4) for k in present}
+            predicted: list[str | None] = [None] * len(rows)  # None: no face found
+            for i, k in zip(kept, pred, strict=True):
+                predicted[i] = classifier.labels[k]
             results[(align, m)] = {
                 "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
                 "accuracy_detected": correct / max(len(truth), 1),
@@ -210,6 +214,7 @@ def measure_margin(
                 "recall": recall,  # over the photos with a face
                 "confusion_matrix": cm.tolist(),
                 "labels": classifier.labels,
+                "per_photo": [(r["file"], r["emotion"], k) for r, k in zip(rows, predicted, strict=True)],
             }
             print(
                 f"align {align:4} margin {m:.2f}: accuracy {results[(align, m)]['accuracy']:.3f} over "

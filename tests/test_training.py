@@ -37,6 +37,7 @@ from training.data import (  # noqa: E402
     load_dataset,
     load_fer2013,
     load_image_folder,
+    resize_faces,
 )
 from training.evaluate import classification_report, evaluate_onnx  # noqa: E402
 from training.export import export_onnx, measure_margin, parity_check  # noqa: E402
@@ -446,7 +447,73 @@ def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer,
     truth = ds.hard_labels("ferplus")[ds.split("PublicTest")]
     _assert_consistent(metrics, FERPLUS_LABELS, truth[truth >= 0])
     assert _is_png(out / "confusion_matrix.png") and _is_png(out / "learning_curves.png")
+    assert _is_png(out / "reliability.png")
+    cal = metrics["calibration"]
+    assert sum(b["faces"] for b in cal["bins"]) == metrics["images"]  # every face in one confidence bin
+    assert sum(b["faces"] * b["accuracy"] for b in cal["bins"]) == pytest.approx(
+        metrics["accuracy"] * metrics["images"]
+    )
     assert f"accuracy {metrics['accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_calibration_error_on_known_cases():
+    from training.evaluate import calibration_error
+
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    sure = np.tile([0.9, 0.1], (10, 1))  # always class 0 at 90%: right 4 times in 10
+    r = calibration_error(sure, truth)
+    assert r["ece"] == pytest.approx(0.5) and r["mean_confidence"] == pytest.approx(0.9)
+    assert r["bins"] == [{"faces": 10, "confidence": 0.9, "accuracy": 0.4}]
+    honest = np.array([[0.55, 0.45]] * 4 + [[0.45, 0.55]] * 6)  # right every time at 55%: underconfident by 0.45
+    assert calibration_error(honest, truth)["ece"] == pytest.approx(0.45)
+    mixed = np.array([[1.0, 0.0]] * 4 + [[0.5, 0.5]] * 2 + [[0.0, 1.0]] * 4)  # ties go to class 0: wrong at 50%
+    r = calibration_error(mixed, truth)
+    assert r["ece"] == pytest.approx(0.2 * 0.5) and len(r["bins"]) == 2
+
+
+def test_calibrate_puts_a_fitted_temperature_in_the_graph(tmp_path, trained, fer):
+    """`training calibrate` fits one temperature on PublicTest and divides the logits by it before the graph's
+    softmax: a single-view file then gives exactly softmax(log p / T), labels unchanged; the two ways a graph can
+    average with the mirror image (one softmax per view from `export`, one over both from `tta`) fit the same T."""
+    from training.calibrate import softmax_inputs
+
+    checkpoint = trained["out"] / "best_ferplus.pt"
+    plain = export_onnx(checkpoint, tmp_path / "plain.onnx", tta=False)
+    exported = export_onnx(checkpoint, tmp_path / "exported_tta.onnx", tta=True)
+    added = tmp_path / "added_tta.onnx"
+    assert main(["tta", str(plain), str(added)]) == 0
+    data = ["--data", str(fer["csv"]), "--ferplus", str(fer["ferplus"])]
+    reports = {}
+    for path in (plain, exported, added):
+        out = tmp_path / f"calibrated_{path.name}"
+        assert main(["calibrate", str(path), str(out), *data]) == 0
+        reports[path.name] = json.loads(EmotionClassifier(out).spec.metadata["calibration"])
+    t = reports["plain.onnx"]["temperature"]
+    assert t != 1 and 0.05 <= t <= 20
+    assert reports["exported_tta.onnx"]["temperature"] == pytest.approx(
+        reports["added_tta.onnx"]["temperature"], rel=1e-3
+    )
+    assert reports["plain.onnx"]["accuracy"][0] == reports["plain.onnx"]["accuracy"][1]  # one view: same labels
+
+    faces = np.random.default_rng(0).integers(0, 256, (16, 40, 40), dtype=np.uint8)
+    old, new = EmotionClassifier(plain).infer(faces), EmotionClassifier(tmp_path / "calibrated_plain.onnx").infer(faces)
+    expected = np.exp(np.log(old) / t)
+    np.testing.assert_allclose(new, expected / expected.sum(1, keepdims=True), atol=1e-5)
+    assert (new.argmax(1) == old.argmax(1)).all()
+    assert softmax_inputs(exported, faces).shape == softmax_inputs(added, faces).shape == (2, 16, 8)
+
+    # The fit minimises the negative log-likelihood on PublicTest: no worse than leaving T at 1.
+    ds = trained["ds"]
+    truth = ds.hard_labels("ferplus")[ds.split("PublicTest")]
+    images = ds.images[ds.split("PublicTest")][truth >= 0]
+    truth = truth[truth >= 0]
+    nll = {
+        name: -np.log(EmotionClassifier(path).infer(resize_faces(images, 40, 40))[np.arange(len(truth)), truth]).mean()
+        for name, path in (("before", plain), ("after", tmp_path / "calibrated_plain.onnx"))
+    }
+    assert nll["after"] <= nll["before"] + 1e-6
+    with pytest.raises(ValueError, match="already calibrated"):
+        main(["calibrate", str(tmp_path / "calibrated_plain.onnx"), str(tmp_path / "twice.onnx"), *data])
 
 
 # --- crop margin on a real photo --------------------------------------------------------------------------------------

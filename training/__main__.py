@@ -1,4 +1,4 @@
-"""`python -m training train|evaluate|export|tta|pack|soft-targets|plan|quantize|attack`: see `--help` of each."""
+"""`python -m training train|evaluate|export|tta|calibrate|pack|soft-targets|plan|quantize|attack`: see `--help`."""
 
 from __future__ import annotations
 
@@ -73,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    from training import attack, distill, evaluate, export, pack, plan, quantize  # noqa: PLC0415  (keeps `train --help` fast)
+    from training import attack, calibrate, distill, evaluate, export, pack, plan, quantize  # noqa: PLC0415  (keeps `train --help` fast)
 
     export.add_parser(sub)
     export.add_tta_parser(sub)
     evaluate.add_parser(sub)
+    calibrate.add_parser(sub)
     pack.add_parser(sub)
     distill.add_parser(sub)
     plan.add_parser(sub)

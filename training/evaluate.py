@@ -1,7 +1,7 @@
 """Evaluate an exported ONNX model exactly as the server runs it: the server's EmotionClassifier on area-resized faces.
 
-Writes `metrics.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix), `confusion_matrix.png`
-and, given the training history, `learning_curves.png`.
+Writes `metrics.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, calibration error),
+`confusion_matrix.png`, `reliability.png` and, given the training history, `learning_curves.png`.
 """
 
 from __future__ import annotations
@@ -50,33 +50,58 @@ def report_from_confusion(cm: np.ndarray, labels: list[str]) -> dict:
     }
 
 
+def split_faces(spec, ds: FaceDataset, split: str) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """A split's faces as the model takes them (area-resized uint8) and their labels for the model's head:
+    (head, faces, truth, rows dropped by the FER+ majority protocol: unknown / not-a-face / tied)."""
+    head = spec.metadata.get("label_source", "fer2013")
+    if head not in ds.targets:
+        head = next(h for h in ds.targets if ds.labels[h] == spec.labels)
+    if ds.labels[head] != spec.labels:
+        raise ValueError(f"model labels {spec.labels} differ from the data's {ds.labels[head]}")
+    idx = ds.split(split)
+    truth = ds.hard_labels(head)[idx]
+    keep = truth >= 0
+    faces = resize_faces(ds.images[idx][keep], *spec.input_size)
+    if spec.channels == 3:
+        faces = np.repeat(faces[..., None], 3, axis=3)
+    return head, faces, truth[keep], int((~keep).sum())
+
+
+def calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int = 15) -> dict:
+    """Expected calibration error (Guo et al. 2017: confidence bins of equal width, each weighted by its share of
+    the faces) and the reliability table behind it: per bin the faces, their mean confidence, the share right."""
+    conf, right = probs.max(1), probs.argmax(1) == truth
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    table = [
+        {
+            "faces": int(m.sum()),
+            "confidence": round(float(conf[m].mean()), 4),
+            "accuracy": round(float(right[m].mean()), 4),
+        }
+        for m in (which == b for b in range(bins))
+        if m.any()
+    ]
+    ece = sum(r["faces"] * abs(r["accuracy"] - r["confidence"]) for r in table) / max(len(truth), 1)
+    return {"ece": round(float(ece), 4), "mean_confidence": round(float(conf.mean()), 4), "bins": table}
+
+
 def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicTest") -> dict:
     from server.classifier import EmotionClassifier  # the server's own preprocessing and session
 
     classifier = EmotionClassifier(model_path)
     spec = classifier.spec
-    head = spec.metadata.get("label_source", "fer2013")
-    if head not in ds.targets:
-        head = next(h for h in ds.targets if ds.labels[h] == spec.labels)
-    idx = ds.split(split)
-    truth = ds.hard_labels(head)[idx]
-    keep = truth >= 0  # FER+ majority protocol: drop unknown / not-a-face / tied rows
-    h, w = spec.input_size
-    faces = resize_faces(ds.images[idx][keep], h, w)
-    if spec.channels == 3:
-        faces = np.repeat(faces[..., None], 3, axis=3)
-    if ds.labels[head] != spec.labels:
-        raise ValueError(f"model labels {spec.labels} differ from the data's {ds.labels[head]}")
+    head, faces, truth, dropped = split_faces(spec, ds, split)
     t0 = time.perf_counter()
     probs = np.concatenate([classifier.infer(faces[i : i + 256]) for i in range(0, len(faces), 256)])
     seconds = time.perf_counter() - t0
-    report = classification_report(truth[keep], probs.argmax(1), spec.labels)
+    report = classification_report(truth, probs.argmax(1), spec.labels)
     report.update(
         split=split,
         model=str(model_path),
         label_source=head,
-        dropped_rows=int((~keep).sum()),
+        dropped_rows=dropped,
         ms_per_face_batched=round(1000 * seconds / len(faces), 3),
+        calibration=calibration_error(probs, truth),
     )
     return report
 
@@ -112,6 +137,38 @@ def plot_confusion(report: dict, path: Path) -> None:
         f"macro-F1 {report['macro_f1']:.3f}",
         fontsize=10,
     )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(report: dict, path: Path) -> None:
+    """Reliability diagram: per confidence bin, the share of faces labelled right against the mean confidence
+    (on the diagonal when confidences mean what they say), with each bin's share of the faces below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = report["calibration"]
+    conf = [b["confidence"] for b in cal["bins"]]
+    acc = [b["accuracy"] for b in cal["bins"]]
+    share = [b["faces"] / report["images"] for b in cal["bins"]]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    a.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="calibrated")
+    a.plot(conf, acc, marker="o", label="this model")
+    a.set_ylabel("share right")
+    a.set_title(
+        f"{report['split']} ({report['label_source']}): calibration error {cal['ece']:.3f}\n"
+        f"mean confidence {cal['mean_confidence']:.1%}, accuracy {report['accuracy']:.1%}",
+        fontsize=9,
+    )
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    b.bar(conf, share, width=0.05)
+    b.set_xlabel("confidence (bins of 1/15)")
+    b.set_ylabel("faces")
+    b.set_xlim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -153,7 +210,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate an exported ONNX model through onnxruntime, as the server runs it",
         description="Run the ONNX model through the server's classifier on a split and write "
-        "metrics.json, confusion_matrix.png and (with --history) learning_curves.png to --out.",
+        "metrics.json, confusion_matrix.png, reliability.png and (with --history) learning_curves.png to --out.",
     )
     p.add_argument("model", help="exported .onnx file")
     p.add_argument(
@@ -190,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     plot_confusion(report, out / "confusion_matrix.png")
+    plot_reliability(report, out / "reliability.png")
     if args.history:
         plot_learning_curves([json.loads(Path(h).read_text()) for h in args.history], out / "learning_curves.png")
     if args.record:
@@ -199,7 +257,11 @@ def run(args: argparse.Namespace) -> int:
 
         meta = {p.key: p.value for p in onnx.load(args.model).metadata_props}
         metrics = json.loads(meta.get("metrics") or "{}")
-        metrics[report["split"]] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)}
+        metrics[report["split"]] = {
+            "accuracy": round(report["accuracy"], 4),
+            "macro_f1": round(report["macro_f1"], 4),
+            "calibration_error": report["calibration"]["ece"],
+        }
         set_metadata(args.model, metrics=json.dumps(metrics))
     print(
         f"{report['split']}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
@@ -209,5 +271,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  {label:<9} precision {r['precision']:.3f}  recall {r['recall']:.3f}  f1 {r['f1']:.3f}  n={r['support']}"
         )
-    print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}")
+    cal = report["calibration"]
+    print(f"  calibration error {cal['ece']:.3f} (mean confidence {cal['mean_confidence']:.3f})")
+    print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'reliability.png'}")
     return 0

@@ -25,27 +25,30 @@ from _common import ROOT, find_yunet  # noqa: E402
 from server.classifier import EmotionClassifier  # noqa: E402
 
 
-def by_size(per_photo: list[tuple[str, str, str | None]], images: Path) -> dict[str, dict]:
-    """Accuracy and per-class recall per image size (sizes under 10% of the photos are pooled as "other")."""
+def by_size(per_photo: list[tuple[str, str, str | None, float]], images: Path) -> dict[str, dict]:
+    """Accuracy, mean confidence (of the photos with a face) and per-class recall per image size (sizes under 10%
+    of the photos are pooled as "other")."""
     import cv2  # noqa: PLC0415
 
     sizes = []
-    for name, _, _ in per_photo:
+    for name, *_ in per_photo:
         image = cv2.imread(str(images / name), cv2.IMREAD_UNCHANGED)
         sizes.append("unreadable" if image is None else f"{image.shape[1]}x{image.shape[0]}")
     common = {s for s in set(sizes) if sizes.count(s) >= 0.1 * len(sizes)}
-    groups: dict[str, list[tuple[str, str | None]]] = {}
-    for size, (_, label, pred) in zip(sizes, per_photo, strict=True):
-        groups.setdefault(size if size in common else "other", []).append((label, pred))
+    groups: dict[str, list[tuple[str, str | None, float]]] = {}
+    for size, (_, label, pred, conf) in zip(sizes, per_photo, strict=True):
+        groups.setdefault(size if size in common else "other", []).append((label, pred, conf))
     out = {}
     for size, rows in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         recall = {}
-        for label in sorted({lab for lab, _ in rows}):
-            hits = [pred == label for lab, pred in rows if lab == label]
+        for label in sorted({lab for lab, _, _ in rows}):
+            hits = [pred == label for lab, pred, _ in rows if lab == label]
             recall[label] = (round(sum(hits) / len(hits), 4), len(hits))
+        confidences = [c for _, pred, c in rows if pred is not None]
         out[size] = {
             "photos": len(rows),
-            "accuracy": round(sum(p == lab for lab, p in rows) / len(rows), 4),
+            "accuracy": round(sum(p == lab for lab, p, _ in rows) / len(rows), 4),
+            "mean_confidence": round(sum(confidences) / max(len(confidences), 1), 4),
             "recall": recall,
         }
     return out
@@ -89,9 +92,14 @@ def main() -> int:
         sizes = by_size(result["per_photo"], photos / "images")
         for size, g in sizes.items():
             recall = ", ".join(f"{k} {r:.2f} ({n})" for k, (r, n) in g["recall"].items())
-            print(f"  {size}: accuracy {g['accuracy']:.1%} of {g['photos']} photos; recall {recall}")
+            print(
+                f"  {size}: accuracy {g['accuracy']:.1%} of {g['photos']} photos, mean confidence "
+                f"{g['mean_confidence']:.1%}; recall {recall}"
+            )
         summary = {"accuracy": round(result["accuracy"], 4), "recall": result["recall"]}
-        summary["by_size"] = {k: {"photos": g["photos"], "accuracy": g["accuracy"]} for k, g in sizes.items()}
+        summary["by_size"] = {
+            k: {key: g[key] for key in ("photos", "accuracy", "mean_confidence")} for k, g in sizes.items()
+        }
         print("  " + json.dumps(summary))
     return 0
 

@@ -588,12 +588,16 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     assert bench.returncode == 0, bench.stderr
     assert f"accuracy {at['accuracy']:.1%} of 4 photos (3 with a face)" in bench.stdout
     # ... and per image size: the two 512x512 photos, the 320x320 one, the blank 200x200 one (no face: wrong).
-    files = [f for f, _, _ in at["per_photo"]]
-    assert files == ["astronaut.jpg", "mirrored.png", "small.jpg", "blank.png"] and at["per_photo"][3][2] is None
-    hits = [pred == label for _, label, pred in at["per_photo"]]
-    assert f"512x512: accuracy {sum(hits[:2]) / 2:.1%} of 2 photos" in bench.stdout
-    assert f"320x320: accuracy {hits[2]:.1%} of 1 photos" in bench.stdout
-    assert "200x200: accuracy 0.0% of 1 photos; recall sad 0.00 (1)" in bench.stdout
+    files = [f for f, *_ in at["per_photo"]]
+    assert files == ["astronaut.jpg", "mirrored.png", "small.jpg", "blank.png"] and at["per_photo"][3][2:] == (None, 0)
+    hits = [pred == label for _, label, pred, _ in at["per_photo"]]
+    confidence = [c for *_, c in at["per_photo"]]
+    assert all(0 < c <= 1 for c in confidence[:3])
+    assert f"512x512: accuracy {sum(hits[:2]) / 2:.1%} of 2 photos, mean confidence {sum(confidence[:2]) / 2:.1%}" in (
+        bench.stdout
+    )
+    assert f"320x320: accuracy {hits[2]:.1%} of 1 photos, mean confidence {confidence[2]:.1%}" in bench.stdout
+    assert "200x200: accuracy 0.0% of 1 photos, mean confidence 0.0%; recall sad 0.00 (1)" in bench.stdout
     assert (tmp_path / "plots" / f"{exported['fer2013'].stem}_photos.png").stat().st_size > 5000
 
     # Through the CLI: the best margin is written into the file, with the whole search for the record.

@@ -199,13 +199,14 @@ def measure_margin(
                     for img, d in zip(images, found, strict=True)
                 ]
             )
-            pred = classifier.infer(crops).argmax(1)
+            probs = classifier.infer(crops)
+            pred = probs.argmax(1)
             correct = int((pred == truth_arr).sum())
             cm = confusion_matrix(truth_arr, pred, len(classifier.labels))
             recall = {classifier.labels[k]: round(float(cm[k, k] / cm[k].sum()), 4) for k in present}
-            predicted: list[str | None] = [None] * len(rows)  # None: no face found
-            for i, k in zip(kept, pred, strict=True):
-                predicted[i] = classifier.labels[k]
+            predicted: list[tuple[str | None, float]] = [(None, 0.0)] * len(rows)  # None: no face found
+            for i, k, p in zip(kept, pred, probs.max(1), strict=True):
+                predicted[i] = (classifier.labels[k], round(float(p), 4))
             results[(align, m)] = {
                 "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
                 "accuracy_detected": correct / max(len(truth), 1),
@@ -214,7 +215,8 @@ def measure_margin(
                 "recall": recall,  # over the photos with a face
                 "confusion_matrix": cm.tolist(),
                 "labels": classifier.labels,
-                "per_photo": [(r["file"], r["emotion"], k) for r, k in zip(rows, predicted, strict=True)],
+                # (file, label, prediction or None, its confidence) per photo
+                "per_photo": [(r["file"], r["emotion"], *k) for r, k in zip(rows, predicted, strict=True)],
             }
             print(
                 f"align {align:4} margin {m:.2f}: accuracy {results[(align, m)]['accuracy']:.3f} over "

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import ROOT, make_settings
 
@@ -37,6 +38,12 @@ def test_metadata_records_how_it_was_made_and_measured(shipped: Path) -> None:
     best = max(search, key=search.get)  # the crop recorded is the best one measured
     assert (meta.get("align", "none"), spec.crop_margin) == best
     assert set(json.loads(meta["photo_recall"])) <= set(spec.labels)
+    # temperature-scaled: the recorded fit lowered the calibration error, and the graph holds that temperature
+    calibration = json.loads(meta["calibration"])
+    before, after = calibration["ece"]
+    assert after < before and calibration["temperature"] != 1
+    inverse = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(shipped)).graph.initializer}
+    assert float(inverse["calibration/inverse_temperature"]) == pytest.approx(1 / calibration["temperature"], rel=1e-3)
 
 
 @pytest.mark.parametrize("detector", ["haar", "yunet"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,6 +54,44 @@ def test_faceless_photos_have_no_face(detector) -> None:
 def test_min_size_drops_small_faces(detector, astronaut_bgr: np.ndarray) -> None:
     assert len(detector.infer(astronaut_bgr, min_size=20)) == 1
     assert detector.infer(astronaut_bgr, min_size=200) == []
+
+
+def test_a_tiny_face_crop_is_found_the_same_way_in_every_process(yunet_path: Path, astronaut_bgr: np.ndarray, tmp_path):
+    """OpenCV's YuNet on a ~36x32 px image answered differently from one process to the next (a face, or a 0x0 box
+    with score 1.0); YuNetDetector enlarges such images to MIN_SIDE first and scales the boxes back."""
+    tiny = cv2.resize(astronaut_bgr[45:195, 160:290], (32, 37), interpolation=cv2.INTER_AREA)  # the face, filling it
+    cv2.imwrite(str(tmp_path / "tiny.png"), tiny)
+    probe = (
+        "import sys, json, cv2; sys.path.insert(0, sys.argv[3]); from server.detector import YuNetDetector; "
+        "print(json.dumps([[d.x, d.y, d.w, d.h] for d in YuNetDetector(sys.argv[1]).infer(cv2.imread(sys.argv[2]))]))"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", probe, str(yunet_path), str(tmp_path / "tiny.png"), root],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )
+        for _ in range(3)
+    ]
+    assert all(len(r) == 1 for r in runs), runs
+    for r in runs[1:]:
+        np.testing.assert_allclose(r[0], runs[0][0], atol=1e-3)
+    x, y, w, h = runs[0][0]
+    assert w > 16 and h > 16 and -2 < x < 16 and -2 < y < 18  # in the tiny image's own pixels
+
+    # the same boxes as detecting on the image enlarged by hand and scaling back
+    scale = YuNetDetector.MIN_SIDE / 37
+    by_hand = YuNetDetector(yunet_path).infer(
+        cv2.resize(tiny, (round(32 * scale), 128), interpolation=cv2.INTER_LINEAR)
+    )
+    np.testing.assert_allclose(
+        [v / scale for v in (by_hand[0].x, by_hand[0].y, by_hand[0].w, by_hand[0].h)], runs[0][0], atol=0.5
+    )
 
 
 def test_concurrent_calls_with_different_sizes_do_not_interfere(detector, astronaut_bgr: np.ndarray) -> None:

@@ -23,17 +23,16 @@ import numpy as np  # noqa: E402
 from _common import ROOT, find_yunet  # noqa: E402
 
 from server.classifier import EmotionClassifier  # noqa: E402
+from server.pipeline import image_format_and_size  # noqa: E402
 
 
 def by_size(per_photo: list[tuple[str, str, str | None, float]], images: Path) -> dict[str, dict]:
     """Accuracy, mean confidence (of the photos with a face) and per-class recall per image size (sizes under 10%
     of the photos are pooled as "other")."""
-    import cv2  # noqa: PLC0415
-
     sizes = []
-    for name, *_ in per_photo:
-        image = cv2.imread(str(images / name), cv2.IMREAD_UNCHANGED)
-        sizes.append("unreadable" if image is None else f"{image.shape[1]}x{image.shape[0]}")
+    for name, *_ in per_photo:  # from the header, as the server sizes uploads: no second decode of every photo
+        found = image_format_and_size((images / name).read_bytes())
+        sizes.append("unreadable" if found is None else f"{found[1]}x{found[2]}")
     common = {s for s in set(sizes) if sizes.count(s) >= 0.1 * len(sizes)}
     groups: dict[str, list[tuple[str, str | None, float]]] = {}
     for size, (_, label, pred, conf) in zip(sizes, per_photo, strict=True):

@@ -46,17 +46,15 @@ def with_temperature(model, temperature: float):
     return model
 
 
-def softmax_inputs(path: str | Path, faces: np.ndarray) -> np.ndarray:
-    """The logits that reach the graph's softmax for these uint8 faces, through the server's preprocessing, as
+def softmax_inputs(classifier, faces: np.ndarray) -> np.ndarray:
+    """The logits that reach the graph's softmax for these uint8 faces, through the server's preprocessing (the
+    server's `EmotionClassifier` of the file), as
     [views, N, K]: one view without flip averaging, two with it (one softmax over the faces and their mirrors
     stacked on the batch, or one softmax per view, as `export` writes it). The graph's output is their mean."""
     import onnx  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
 
-    from server.classifier import EmotionClassifier  # noqa: PLC0415
-
-    classifier = EmotionClassifier(path)
-    model = onnx.load(str(path))
+    model = onnx.load(str(classifier.path))
     names = [n.input[0] for n in softmax_nodes(model)]
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -104,20 +102,21 @@ def calibrate(path: str | Path, out: str | Path, ds: FaceDataset, split: str = "
 
     from server.classifier import EmotionClassifier  # noqa: PLC0415
 
-    spec = EmotionClassifier(path).spec
+    classifier = EmotionClassifier(path)
+    spec = classifier.spec
     if "calibration" in spec.metadata:
         raise ValueError(f"{path}: already calibrated ({spec.metadata['calibration']})")
     head, faces, truth, _ = split_faces(spec, ds, split)
-    logits = softmax_inputs(path, faces)
+    logits = softmax_inputs(classifier, faces)
     temperature = fit_temperature(logits, truth)
-    fitted = probabilities(logits, temperature)
-    before, after = calibration_error(probabilities(logits, 1.0), truth), calibration_error(fitted, truth)
+    raw, fitted = probabilities(logits, 1.0), probabilities(logits, temperature)
+    before, after = calibration_error(raw, truth), calibration_error(fitted, truth)  # both rounded to 4 places
     report = {
         "temperature": round(temperature, 4),
         "fitted_on": f"{split} ({len(truth)} faces, {head} labels)",
-        "ece": [round(before["ece"], 4), round(after["ece"], 4)],
-        "mean_confidence": [round(before["mean_confidence"], 4), round(after["mean_confidence"], 4)],
-        "accuracy": [round(float((p.argmax(1) == truth).mean()), 4) for p in (probabilities(logits, 1.0), fitted)],
+        "ece": [before["ece"], after["ece"]],
+        "mean_confidence": [before["mean_confidence"], after["mean_confidence"]],
+        "accuracy": [round(float((p.argmax(1) == truth).mean()), 4) for p in (raw, fitted)],
     }
     model = with_temperature(onnx.load(str(path)), temperature)
     props = {p.key: p.value for p in model.metadata_props} | {"calibration": json.dumps(report)}
@@ -127,9 +126,8 @@ def calibrate(path: str | Path, out: str | Path, ds: FaceDataset, split: str = "
     with tempfile.TemporaryDirectory() as tmp:  # check the written graph against the fit before replacing `out`
         candidate = Path(tmp) / "calibrated.onnx"
         onnx.save(model, str(candidate))
-        served = np.concatenate(
-            [EmotionClassifier(candidate).infer(faces[i : i + 256]) for i in range(0, len(faces), 256)]
-        )
+        written = EmotionClassifier(candidate)  # one session for every batch
+        served = np.concatenate([written.infer(faces[i : i + 256]) for i in range(0, len(faces), 256)])
         gap = float(np.abs(served - fitted).max())
         if gap > 1e-3:
             raise RuntimeError(f"the calibrated graph differs from the fitted probabilities by {gap:.2e}")

@@ -8,30 +8,19 @@ Prints p50/p95 for one face per call (the live-page case) and the per-face cost 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server.classifier import EmotionClassifier  # noqa: E402
+from server.classifier import EmotionClassifier, per_face_ms  # noqa: E402
 
 
 def bench(path: str, runs: int = 300) -> None:
     classifier = EmotionClassifier(path, intra_op_threads=1)
     h, w = classifier.spec.input_size
-    shape = (h, w) if classifier.spec.channels == 1 else (h, w, 3)
-    rng = np.random.default_rng(0)
     for batch in (1, 8):
-        crops = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
-        for _ in range(20):
-            classifier.infer(crops)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            classifier.infer(crops)
-            times.append((time.perf_counter() - t0) * 1000 / batch)
-        p50, p95 = np.percentile(times, [50, 95])
+        p50, p95 = np.percentile(per_face_ms(classifier, batch, runs), [50, 95])
         print(
             f"{Path(path).name:<24} batch {batch}: per face p50 {p50:.2f} ms  p95 {p95:.2f} ms  "
             f"(tta={classifier.spec.metadata.get('tta', '?')}, input {h}x{w})"

@@ -8,6 +8,7 @@ with a ``ModelError`` that names the offending key.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,3 +197,19 @@ class EmotionClassifier:
             return np.zeros((0, len(self.spec.labels)), np.float32)
         probs = self.session.run([self._output], {self._input: self.preprocess(crops)})[0]
         return np.asarray(probs, np.float32)
+
+
+def per_face_ms(classifier: EmotionClassifier, batch: int = 1, runs: int = 300) -> np.ndarray:
+    """Milliseconds per face of `runs` calls on a batch of random crops, after 20 calls to warm up: what
+    `benchmarks/bench_model.py` and `training quantize` report."""
+    h, w = classifier.spec.input_size
+    shape = (h, w) if classifier.spec.channels == 1 else (h, w, 3)
+    crops = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
+    for _ in range(20):
+        classifier.infer(crops)
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        classifier.infer(crops)
+        times[i] = (time.perf_counter() - t0) * 1000 / batch
+    return times

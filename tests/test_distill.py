@@ -148,6 +148,29 @@ def test_random_erasing_is_batched_and_respects_its_probability():
         assert 8 <= h < 20 and 8 <= w < 20 and len(ys) == h * w
 
 
+def test_low_resolution_augmentation_shrinks_and_enlarges_the_share_it_is_given():
+    from torch.nn import functional as F  # noqa: N812, PLC0415
+
+    x = torch.rand(400, 1, 40, 40)  # noise: all detail, so any blur shows
+
+    def run(**kw):
+        return augment(x.clone(), 40, torch.Generator().manual_seed(3), erase_prob=0.0, **kw)
+
+    plain = run()
+    # Off, it draws nothing: every existing recipe keeps its random stream.
+    assert torch.equal(run(lowres_prob=0.0, rng=np.random.default_rng(5)), plain)
+    # On for every image: exactly the affine output area-shrunk to one side in [12, 40) and enlarged back.
+    side = int(np.random.default_rng(5).integers(12, 40))
+    expected = F.interpolate(F.interpolate(plain, size=(side, side), mode="area"), size=(40, 40), mode="bilinear")
+    torch.testing.assert_close(run(lowres_prob=1.0, lowres_min=12, rng=np.random.default_rng(5)), expected)
+    # On for a share: that share of the images is blurred (less pixel-to-pixel variation), the rest untouched.
+    half = run(lowres_prob=0.5, lowres_min=12, rng=np.random.default_rng(5))
+    changed = (half != plain).flatten(1).any(1)
+    assert 150 < int(changed.sum()) < 250
+    detail = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean((1, 2, 3))  # noqa: E731
+    assert bool((detail(half[changed]) < detail(plain[changed])).all())
+
+
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])
 def test_mixing_blends_images_and_targets_by_the_same_weight(mode):
     n = 64

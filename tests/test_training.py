@@ -29,18 +29,21 @@ from training_data import (  # noqa: E402
 )
 
 from server.classifier import EmotionClassifier  # noqa: E402
+from server.pipeline import crop_face  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.data import (  # noqa: E402
     FER2013_LABELS,
     FERPLUS_LABELS,
     DataError,
+    ferplus_path,
     load_dataset,
     load_fer2013,
     load_image_folder,
     resize_faces,
 )
-from training.evaluate import classification_report, evaluate_onnx  # noqa: E402
+from training.evaluate import classification_report, evaluate_onnx, split_faces  # noqa: E402
 from training.export import export_onnx, measure_margin, parity_check  # noqa: E402
+from training.metadata import read_metadata, set_metadata  # noqa: E402
 from training.model import EmotionNet, ExportWrapper, ModelConfig  # noqa: E402
 from training.train import TrainConfig, load_checkpoint, train  # noqa: E402
 
@@ -453,7 +456,40 @@ def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer,
     assert sum(b["faces"] * b["accuracy"] for b in cal["bins"]) == pytest.approx(
         metrics["accuracy"] * metrics["images"]
     )
-    assert f"accuracy {metrics['accuracy']:.4f}" in capsys.readouterr().out
+    # The same faces made small: a share right per side, printed too.
+    assert set(metrics["small_faces"]) == {"32", "24", "16"}
+    assert all(0 <= v <= 1 for v in metrics["small_faces"].values())
+    text = capsys.readouterr().out
+    assert f"accuracy {metrics['accuracy']:.4f}" in text
+    assert f"16 px {metrics['small_faces']['16']:.1%}" in text
+
+
+def test_small_faces_are_shrunk_then_enlarged_as_the_server_enlarges_a_small_crop(exported, trained):
+    spec = EmotionClassifier(exported["ferplus"]).spec
+    ds = trained["ds"]
+    _, faces, truth, _ = split_faces(spec, ds, "PublicTest", side=16)
+    _, full, _, _ = split_faces(spec, ds, "PublicTest")
+    assert faces.shape == full.shape == (len(truth), 40, 40)
+    source = ds.images[ds.split("PublicTest")][ds.hard_labels("ferplus")[ds.split("PublicTest")] >= 0][0]
+    small = cv2.resize(source, (16, 16), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(faces[0], cv2.resize(small, (40, 40), interpolation=cv2.INTER_LINEAR))
+    # What the server does with a 16 px face in a photo: the same input.
+    photo = np.full((100, 100), 128, np.uint8)
+    photo[30:46, 40:56] = small
+    np.testing.assert_array_equal(crop_face(photo, (40, 30, 16, 16), 0.0, 40, 1), faces[0])
+
+
+def test_metadata_is_updated_in_place_and_the_data_arguments_read_the_same_everywhere(exported, tmp_path):
+    path = tmp_path / "copy.onnx"
+    shutil.copy(exported["ferplus"], path)
+    before = read_metadata(onnx.load(str(path)))
+    set_metadata(path, version="9.9", note="x")
+    after = read_metadata(onnx.load(str(path)))
+    assert after == before | {"version": "9.9", "note": "x"}
+    EmotionClassifier(path)  # still honours the contract
+    assert ferplus_path("none") is None and ferplus_path("") is None and ferplus_path("a.csv") == "a.csv"
+    assert ferplus_path(str(tmp_path / "missing.csv"), missing_ok=True) is None
+    assert ferplus_path(str(path), missing_ok=True) == str(path)
 
 
 def test_calibration_error_on_known_cases():

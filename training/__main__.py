@@ -22,6 +22,8 @@ HELP = {
     "convs_per_stage": "3x3 convolutions per stage",
     "dropout": "dropout before the heads",
     "erase_prob": "share of training images that get a random grey rectangle (random erasing)",
+    "lowres_prob": "share of training images shrunk to a random smaller size and enlarged back (small faces)",
+    "lowres_min": "smallest side in pixels that --lowres-prob shrinks an image to",
     "val_tta": "pick checkpoints on flip-averaged PublicTest accuracy (for export with in-graph TTA)",
     "threads": "torch CPU threads (0: torch's default)",
     "init": "start from the weights of this checkpoint (e.g. runs/joint/last.pt) with a fresh schedule",

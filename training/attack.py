@@ -37,7 +37,7 @@ import torch
 
 from server.classifier import EmotionClassifier
 from server.pipeline import MAX_ALIGN_DEGREES, EmotionPipeline, crop_face, decode_image, eye_angle, square_box
-from training.data import resize_faces
+from training.data import add_data_arguments, resize_faces
 from training.onnx_torch import QUANTIZED_ATOL, OnnxModule, parity_check
 
 GRAY_FROM_BGR = (0.114, 0.587, 0.299)  # cv2.COLOR_BGR2GRAY
@@ -614,8 +614,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jitter", type=int, default=1, help="also attack crops shifted by this many pixels (default 1)")
     p.add_argument("--face", type=int, default=1, help="which face, largest first (default 1)")
     p.add_argument("--eval", action="store_true", help="accuracy versus budget on a FER split instead of a photo")
-    p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="--eval: fer2013.csv(.gz)")
-    p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="--eval: FER+ votes")
+    add_data_arguments(p, "--eval: ")
     p.add_argument("--split", default="PublicTest", help="--eval: split (default PublicTest)")
     p.add_argument("--limit", type=int, default=None, help="--eval: only the first N faces of the split")
     p.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4, 8], help="--eval: budgets (grey levels)")
@@ -698,10 +697,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace, model: DifferentiableClassifier, out: Path) -> int:
-    from training.data import load_dataset
+    from training.data import ferplus_path, load_dataset
 
-    ferplus = args.ferplus if args.ferplus and Path(args.ferplus).exists() else None
-    ds = load_dataset("fer2013", args.data, ferplus)
+    ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus, missing_ok=True))
     head = model.spec.metadata.get("label_source", "fer2013")
     if head not in ds.targets or ds.labels[head] != model.labels:
         raise SystemExit(f"attack: error: the data has no {head} labels matching the model's {model.labels}")

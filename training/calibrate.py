@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import FaceDataset, load_dataset
+from training.data import FaceDataset, add_data_arguments, ferplus_path, load_dataset
 from training.evaluate import calibration_error, split_faces
+from training.metadata import update_metadata
 
 
 def softmax_nodes(model) -> list:
@@ -118,10 +119,7 @@ def calibrate(path: str | Path, out: str | Path, ds: FaceDataset, split: str = "
         "mean_confidence": [before["mean_confidence"], after["mean_confidence"]],
         "accuracy": [round(float((p.argmax(1) == truth).mean()), 4) for p in (raw, fitted)],
     }
-    model = with_temperature(onnx.load(str(path)), temperature)
-    props = {p.key: p.value for p in model.metadata_props} | {"calibration": json.dumps(report)}
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
+    model = update_metadata(with_temperature(onnx.load(str(path)), temperature), calibration=json.dumps(report))
     onnx.checker.check_model(model)
     with tempfile.TemporaryDirectory() as tmp:  # check the written graph against the fit before replacing `out`
         candidate = Path(tmp) / "calibrated.onnx"
@@ -145,13 +143,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="exported .onnx file (float or int8, with or without flip averaging)")
     p.add_argument("out", help="output .onnx (may be the same path)")
-    p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="CSV or .pack")
-    p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="'none' to skip")
+    add_data_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    ds = load_dataset("fer2013", args.data, None if args.ferplus in ("none", "") else args.ferplus)
+    ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus))
     report = calibrate(args.model, args.out, ds)
     t = report["temperature"]
     print(

@@ -23,6 +23,8 @@ FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 FERPLUS_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 FERPLUS_LABELS = ["neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt"]
 SPLITS = ("Training", "PublicTest", "PrivateTest")
+DEFAULT_DATA = "../shared/datasets/fer2013/fer2013.csv.gz"
+DEFAULT_FERPLUS = "../shared/datasets/fer2013/fer2013new.csv"
 FOLDER_SPLITS = {
     "train": "Training",
     "training": "Training",
@@ -237,6 +239,25 @@ def load_image_folder(root: str | Path) -> FaceDataset:
     ds.masks["folder"] = np.ones(len(images), bool)
     ds.labels["folder"] = labels
     return ds
+
+
+def add_data_arguments(parser, purpose: str = "") -> None:
+    """`--data` and `--ferplus`, the same in every command that reads FER2013; `purpose` starts their help."""
+    parser.add_argument(
+        "--data", default=DEFAULT_DATA, help=f"{purpose}fer2013.csv(.gz) (Kaggle layout) or a .pack from `pack`"
+    )
+    parser.add_argument(
+        "--ferplus",
+        default=DEFAULT_FERPLUS,
+        help=f"{purpose}FER+ votes joined to the CSV by row; 'none' to skip (a .pack holds its own)",
+    )
+
+
+def ferplus_path(value: str | None, missing_ok: bool = False) -> str | None:
+    """`--ferplus` as a path: None for 'none' or '' (and, with `missing_ok`, for a file that is not there)."""
+    if value in (None, "", "none") or (missing_ok and not Path(value).exists()):
+        return None
+    return value
 
 
 def load_dataset(source: str, path: str | Path, ferplus: str | Path | None = None) -> FaceDataset:

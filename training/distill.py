@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.data import FaceDataset, load_dataset, resize_faces
+from training.data import FaceDataset, add_data_arguments, ferplus_path, load_dataset, resize_faces
 
 
 def _train_config(values: dict):  # -> TrainConfig; imported late, train.py imports this module
@@ -197,8 +197,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "runs", nargs="+", help="teacher run folders (their best_<head>.pt are used) or exported .onnx files"
     )
     p.add_argument("--out", required=True, help="output .npz (a few MB)")
-    p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="CSV or .pack")
-    p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="'none' to skip")
+    add_data_arguments(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
 
@@ -206,7 +205,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.train import pick_device  # noqa: PLC0415
 
-    ds = load_dataset("fer2013", args.data, None if args.ferplus in ("none", "") else args.ferplus)
+    ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus))
     device = pick_device(args.device)
     probs, report = teacher_probabilities(args.runs, ds, list(ds.targets), device)
     if not probs:

@@ -1,6 +1,7 @@
 """Evaluate an exported ONNX model exactly as the server runs it: the server's EmotionClassifier on area-resized faces.
 
-Writes `metrics.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, calibration error),
+Writes `metrics.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, calibration error,
+accuracy on the same faces made small),
 `confusion_matrix.png`, `reliability.png` and, given the training history, `learning_curves.png`.
 """
 
@@ -11,9 +12,10 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from training.data import FaceDataset, load_dataset, resize_faces
+from training.data import FaceDataset, add_data_arguments, ferplus_path, load_dataset, resize_faces
 
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -50,18 +52,30 @@ def report_from_confusion(cm: np.ndarray, labels: list[str]) -> dict:
     }
 
 
-def split_faces(spec, ds: FaceDataset, split: str) -> tuple[str, np.ndarray, np.ndarray, int]:
+def split_faces(spec, ds: FaceDataset, split: str, side: int | None = None) -> tuple[str, np.ndarray, np.ndarray, int]:
     """A split's faces as the model takes them (area-resized uint8) and their labels for the model's head:
-    (head, faces, truth, rows dropped by the FER+ majority protocol: unknown / not-a-face / tied)."""
+    (head, faces, truth, rows dropped by the FER+ majority protocol: unknown / not-a-face / tied).
+
+    With `side`, each face is first shrunk to side x side pixels and then enlarged to the model's input, bilinearly,
+    as the server's crop enlarges a face that small in a photo: how the model fares on small faces."""
     head = spec.metadata.get("label_source", "fer2013")
     if head not in ds.targets:
-        head = next(h for h in ds.targets if ds.labels[h] == spec.labels)
+        head = next((h for h in ds.targets if ds.labels[h] == spec.labels), head)
+    if head not in ds.targets:
+        raise ValueError(f"the data has no {head} labels for this model (FER+ votes need --ferplus or a .pack)")
     if ds.labels[head] != spec.labels:
         raise ValueError(f"model labels {spec.labels} differ from the data's {ds.labels[head]}")
     idx = ds.split(split)
     truth = ds.hard_labels(head)[idx]
     keep = truth >= 0
-    faces = resize_faces(ds.images[idx][keep], *spec.input_size)
+    faces = ds.images[idx][keep]
+    if side is not None:
+        h, w = spec.input_size
+        faces = np.stack(
+            [cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in resize_faces(faces, side, side)]
+        )
+    else:
+        faces = resize_faces(faces, *spec.input_size)
     if spec.channels == 3:
         faces = np.repeat(faces[..., None], 3, axis=3)
     return head, faces, truth[keep], int((~keep).sum())
@@ -85,14 +99,21 @@ def calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int = 15) -> d
     return {"ece": round(float(ece), 4), "mean_confidence": round(float(conf.mean()), 4), "bins": table}
 
 
+SMALL_FACE_SIDES = (32, 24, 16)  # pixels; the split's faces are 48 px
+
+
 def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicTest") -> dict:
     from server.classifier import EmotionClassifier  # the server's own preprocessing and session
 
     classifier = EmotionClassifier(model_path)
     spec = classifier.spec
+
+    def infer(faces: np.ndarray) -> np.ndarray:
+        return np.concatenate([classifier.infer(faces[i : i + 256]) for i in range(0, len(faces), 256)])
+
     head, faces, truth, dropped = split_faces(spec, ds, split)
     t0 = time.perf_counter()
-    probs = np.concatenate([classifier.infer(faces[i : i + 256]) for i in range(0, len(faces), 256)])
+    probs = infer(faces)
     seconds = time.perf_counter() - t0
     report = classification_report(truth, probs.argmax(1), spec.labels)
     report.update(
@@ -102,6 +123,10 @@ def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicT
         dropped_rows=dropped,
         ms_per_face_batched=round(1000 * seconds / len(faces), 3),
         calibration=calibration_error(probs, truth),
+        small_faces={
+            str(side): round(float((infer(split_faces(spec, ds, split, side)[1]).argmax(1) == truth).mean()), 4)
+            for side in SMALL_FACE_SIDES
+        },
     )
     return report
 
@@ -213,14 +238,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "metrics.json, confusion_matrix.png, reliability.png and (with --history) learning_curves.png to --out.",
     )
     p.add_argument("model", help="exported .onnx file")
+    add_data_arguments(p)
     p.add_argument(
-        "--data",
-        default="../shared/datasets/fer2013/fer2013.csv.gz",
-        help="fer2013.csv(.gz) or an image-folder root (with --source folder)",
-    )
-    p.add_argument("--source", default="fer2013", choices=["fer2013", "folder"])
-    p.add_argument(
-        "--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="FER+ votes, needed for a FER+ model"
+        "--source",
+        default="fer2013",
+        choices=["fer2013", "folder"],
+        help="folder: --data is a root of <split>/<emotion>/ image folders",
     )
     p.add_argument("--split", default="PublicTest", help="Training, PublicTest or PrivateTest (default PublicTest)")
     p.add_argument(
@@ -240,8 +263,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ferplus = args.ferplus if args.source == "fer2013" and args.ferplus and Path(args.ferplus).exists() else None
-    ds = load_dataset(args.source, args.data, ferplus)
+    ds = load_dataset(args.source, args.data, ferplus_path(args.ferplus, missing_ok=True))
     report = evaluate_onnx(args.model, ds, args.split)
     out = Path(args.out) if args.out else Path(args.model).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -253,10 +275,9 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         import onnx
 
-        from training.export import set_metadata
+        from training.metadata import read_metadata, set_metadata
 
-        meta = {p.key: p.value for p in onnx.load(args.model).metadata_props}
-        metrics = json.loads(meta.get("metrics") or "{}")
+        metrics = json.loads(read_metadata(onnx.load(args.model)).get("metrics") or "{}")
         metrics[report["split"]] = {
             "accuracy": round(report["accuracy"], 4),
             "macro_f1": round(report["macro_f1"], 4),
@@ -273,5 +294,7 @@ def run(args: argparse.Namespace) -> int:
         )
     cal = report["calibration"]
     print(f"  calibration error {cal['ece']:.3f} (mean confidence {cal['mean_confidence']:.3f})")
+    small = ", ".join(f"{side} px {acc:.1%}" for side, acc in report["small_faces"].items())
+    print(f"  small faces (each shrunk to a side, then enlarged to the input): {small}")
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'reliability.png'}")
     return 0

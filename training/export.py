@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 
 from training.evaluate import confusion_matrix
+from training.metadata import read_metadata, set_metadata, update_metadata
 from training.model import ExportWrapper
 from training.train import load_checkpoint
 
@@ -96,7 +97,7 @@ def add_flip_tta(path: str | Path, out: str | Path) -> Path:
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise ValueError(f"{path}: expected one input and one output")
     x, y = graph.input[0].name, graph.output[0].name
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = read_metadata(model)
     if meta.get("tta") == "flip":
         raise ValueError(f"{path}: already averages with the mirror image (tta: flip)")
     inner = {x: f"{x}/with_mirrors", y: f"{y}/with_mirrors"}  # the old graph now runs between these two
@@ -130,20 +131,11 @@ def add_flip_tta(path: str | Path, out: str | Path) -> Path:
     ]
     del graph.node[:]
     graph.node.extend(nodes)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta | {"tta": "flip"})
+    update_metadata(model, tta="flip")
     onnx.checker.check_model(model)
     out = Path(out)
     onnx.save(model, str(out))
     return out
-
-
-def set_metadata(path: str | Path, **values: str) -> None:
-    model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props} | values
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
 
 
 def measure_margin(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import SPLITS, FaceDataset, load_fer2013
+from training.data import SPLITS, FaceDataset, add_data_arguments, ferplus_path, load_fer2013
 
 FORMAT = "emotion-pack/1"
 
@@ -124,15 +124,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="fer2013.csv(.gz)")
-    p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="'none' to skip")
+    add_data_arguments(p)
     p.add_argument("--out", default="data_cache/fer2013.pack", help="pack file (keep it out of git)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     t0 = time.time()
-    ds = load_fer2013(args.data, None if args.ferplus in ("none", "") else args.ferplus)
+    ds = load_fer2013(args.data, ferplus_path(args.ferplus))
     manifest = write_pack(ds, args.out)
     size = Path(args.out).stat().st_size
     print(

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from training.data import FaceDataset, load_dataset, resize_faces
+from training.data import FaceDataset, add_data_arguments, ferplus_path, load_dataset, resize_faces
+from training.metadata import read_metadata, update_metadata
 
 
 def calibration_batches(ds: FaceDataset, path: str | Path, n: int = 512, batch: int = 32) -> list[np.ndarray]:
@@ -64,30 +64,14 @@ def quantize(model: str | Path, out: str | Path, ds: FaceDataset) -> Path:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-    source = onnx.load(str(model))
+    meta = read_metadata(onnx.load(str(model))) | {
+        "quantization": "int8 (onnxruntime static QDQ, per-channel weights, 512 calibration faces)"
+    }
     q = onnx.load(str(out))
-    meta = {p.key: p.value for p in source.metadata_props}
-    meta["quantization"] = "int8 (onnxruntime static QDQ, per-channel weights, 512 calibration faces)"
-    del q.metadata_props[:]
-    onnx.helper.set_model_props(q, meta)
+    del q.metadata_props[:]  # the quantizer's own notes go: the file says what the source said, and how it was made
+    q = update_metadata(q, **meta)
     onnx.save(q, str(out))
     return out
-
-
-def per_face_ms(path: str | Path, repeats: int = 300) -> float:
-    from server.classifier import EmotionClassifier
-
-    clf = EmotionClassifier(path)  # one intra-op thread, as the server runs it
-    h, w = clf.spec.input_size
-    face = np.full((1, h, w), 128, np.uint8)
-    for _ in range(20):
-        clf.infer(face)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        clf.infer(face)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -99,23 +83,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="exported float .onnx")
     p.add_argument("out", help="int8 .onnx to write (may be the same path: replaced only if it passes)")
-    p.add_argument("--data", default="../shared/datasets/fer2013/fer2013.csv.gz", help="CSV or .pack")
-    p.add_argument("--ferplus", default="../shared/datasets/fer2013/fer2013new.csv", help="'none' to skip")
+    add_data_arguments(p)
     p.add_argument("--max-drop", type=float, default=0.3, help="accuracy points the int8 file may lose (default 0.3)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.classifier import EmotionClassifier, per_face_ms
     from training.evaluate import evaluate_onnx
 
-    ds = load_dataset("fer2013", args.data, None if args.ferplus in ("none", "") else args.ferplus)
+    ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus))
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = quantize(args.model, Path(tmp) / "int8.onnx", ds)
         rows = {}
         for label, path in (("float", args.model), ("int8", candidate)):
             report = evaluate_onnx(path, ds)
-            rows[label] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ms": per_face_ms(path)}
+            ms = float(np.median(per_face_ms(EmotionClassifier(path))))  # one intra-op thread, as served
+            rows[label] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ms": ms}
             print(
                 f"{label:5}: PublicTest accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
                 f"{rows[label]['ms']:.2f} ms per face (p50, one thread), {Path(path).stat().st_size / 1e6:.1f} MB"

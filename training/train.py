@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.data import FaceDataset, load_dataset, resize_faces
+from training.data import DEFAULT_DATA, DEFAULT_FERPLUS, FaceDataset, load_dataset, resize_faces
 from training.distill import Teachers
 from training.model import EmotionNet, ModelConfig
 
 
 @dataclass
 class TrainConfig:
-    data: str = "../shared/datasets/fer2013/fer2013.csv.gz"
+    data: str = DEFAULT_DATA
     source: str = "fer2013"  # fer2013 | pack | folder (a path ending in .pack is read as a pack)
-    ferplus: str | None = "../shared/datasets/fer2013/fer2013new.csv"
+    ferplus: str | None = DEFAULT_FERPLUS
     out: str = "runs/emotion"
     input_size: int = 40
     epochs: int = 18
@@ -40,6 +40,8 @@ class TrainConfig:
     convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
     dropout: float = 0.3
     erase_prob: float = 0.5  # share of training images that get a random grey rectangle
+    lowres_prob: float = 0.0  # share of training images shrunk to a random smaller size and enlarged back
+    lowres_min: int = 12  # the smallest side, in pixels, such an image is shrunk to
     mix: str = "none"  # none | mixup | cutmix: blend pairs of images and their targets
     mix_prob: float = 0.5  # share of batches that are mixed
     mix_alpha: float = 1.0  # Beta(alpha, alpha) for the mixing weight
@@ -110,9 +112,18 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.2) -> flo
     return peak / 1e4 + (peak - peak / 1e4) * (1 + math.cos(math.pi * t)) / 2
 
 
-def augment(x: torch.Tensor, size: int, generator: torch.Generator, erase_prob: float = 0.5) -> torch.Tensor:
-    """Random flip, rotation, scale and shift in one affine resample to `size`, then random erasing; batched on the
-    tensor's device, no per-image Python."""
+def augment(
+    x: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    erase_prob: float = 0.5,
+    lowres_prob: float = 0.0,
+    lowres_min: int = 12,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """Random flip, rotation, scale and shift in one affine resample to `size`, then low resolution, then random
+    erasing; batched on the tensor's device, no per-image Python. The one host-side number (the low-resolution
+    side) comes from `rng`, so a GPU never waits for it."""
     n, dev = x.shape[0], x.device
 
     def rand(*shape: int) -> torch.Tensor:
@@ -128,6 +139,13 @@ def augment(x: torch.Tensor, size: int, generator: torch.Generator, erase_prob: 
     )
     grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if lowres_prob > 0 and lowres_min < size:
+        # Small faces (a webcam across the room, a crowd, a film still) reach the model enlarged and blurred: some
+        # images are area-shrunk to one side drawn per batch in [lowres_min, size) and enlarged back bilinearly.
+        side = int((rng or np.random.default_rng()).integers(lowres_min, size))
+        small = F.interpolate(out, size=(side, side), mode="area")
+        blurred = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+        out = torch.where((rand(n) < lowres_prob)[:, None, None, None], blurred, out)
     # Random erasing: a grey rectangle (sides size/5..size/2) on some images, so no single region is relied on.
     lo, hi = size // 5, size // 2
     hw = (lo + rand(n, 2) * (hi - lo)).long()
@@ -312,7 +330,15 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = augment(images[idx].float().div_(255).unsqueeze(1), cfg.input_size, gen, cfg.erase_prob)
+            x = augment(
+                images[idx].float().div_(255).unsqueeze(1),
+                cfg.input_size,
+                gen,
+                cfg.erase_prob,
+                cfg.lowres_prob,
+                cfg.lowres_min,
+                rng,
+            )
             x = ((x - cfg.mean) / cfg.std).contiguous(memory_format=torch.channels_last)
             t_batch = {h: targets[h][idx] for h in heads}
             m_batch = {h: masks[h][idx] for h in heads}

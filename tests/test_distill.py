@@ -23,6 +23,7 @@ from training.distill import load_soft_targets  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.pack import decode_residuals, encode_residuals, read_pack, write_pack  # noqa: E402
 from training.plan import load_plan, parse_steps, run_plan  # noqa: E402
+from training.quantize import quantize  # noqa: E402
 from training.train import (  # noqa: E402
     TrainConfig,
     _fit_budget,
@@ -376,9 +377,15 @@ def test_quantize_writes_an_int8_file_the_server_accepts(fer, tmp_path, capsys):
     assert {"QuantizeLinear", "DequantizeLinear", "Softmax"} <= ops
     clf, ref = EmotionClassifier(out), EmotionClassifier(model)  # the server's contract checks pass
     assert clf.spec.metadata["quantization"].startswith("int8") and clf.spec.crop_margin == 0.2
+    assert "99.99th-percentile" in clf.spec.metadata["quantization"]  # the default activation ranges
     assert {k: v for k, v in clf.spec.metadata.items() if k != "quantization"} == ref.spec.metadata
     faces = ds.images[ds.split("PublicTest")][:, 4:44, 4:44]
     np.testing.assert_allclose(clf.infer(faces), ref.infer(faces), atol=0.1)  # close to the float model
+    minmax = tmp_path / "minmax.onnx"
+    assert main(["quantize", str(model), str(minmax), *data, "--max-drop", "100", "--calibration", "minmax"]) == 0
+    assert "min-max" in EmotionClassifier(minmax).spec.metadata["quantization"]
+    with pytest.raises(ValueError, match="unknown calibration"):
+        quantize(model, tmp_path / "x.onnx", ds, "entropy")
     # A file that loses more than allowed is not written.
     refused = tmp_path / "refused.onnx"
     assert main(["quantize", str(model), str(refused), *data, "--max-drop", "-101"]) == 1

@@ -666,6 +666,19 @@ def test_subcommand_help(command, words, capsys):
         assert word in text, f"{command} --help does not mention {word!r}"
 
 
+def test_command_line_reports_a_bad_input_in_one_line(tmp_path):
+    missing = tmp_path / "no.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "models/emotion_ferplus.onnx", "--data", str(missing)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"python -m training: error: {missing}: no such file"]
+
+
 def test_module_entry_point_help():
     result = subprocess.run(
         [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120

@@ -98,5 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def cli() -> int:
+    """The command line (`python -m training`, `emotion-train`): a missing file or a value the data or model refuses
+    ends in one line on stderr and exit status 2 instead of a traceback; `main` itself raises, for callers."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as exc:  # DataError, ModelError and the commands' checks are ValueErrors
+        print(f"python -m training: error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -267,6 +267,7 @@ def test_image_folder_errors(tmp_path):
 def test_train_writes_checkpoints_and_history(trained):
     out, state = trained["out"], trained["state"]
     assert {p.name for p in out.iterdir()} >= {"last.pt", "best_fer2013.pt", "best_ferplus.pt", "history.json"}
+    assert {p.name for p in out.iterdir()} >= {"final_fer2013.pt", "final_ferplus.pt"}
     history = json.loads((out / "history.json").read_text())
     assert history == json.loads(json.dumps(state))
     assert history["epoch"] == 2 and [r["epoch"] for r in history["history"]] == [1, 2]
@@ -282,6 +283,12 @@ def test_train_writes_checkpoints_and_history(trained):
         assert ckpt["head"] == head and ckpt["label_source"] == head
         assert ckpt["heads"] == {"fer2013": FER2013_LABELS, "ferplus": FERPLUS_LABELS}
         assert tuple(net.config.widths) == (8, 16, 16, 16)
+        assert ckpt["epoch"] == best["epoch"] and ckpt["accuracy"] == best["accuracy"]
+        # The schedule's end, as exportable as the best epoch: last.pt's weights, the last epoch's accuracy.
+        _, final = load_checkpoint(out / f"final_{head}.pt")
+        assert final["epoch"] == 2 and final["accuracy"] == history["history"][-1][f"{head}_val_acc"]
+        last = torch.load(out / "last.pt", weights_only=False)["model"]
+        assert all(torch.equal(final["model"][k], last[k]) for k in last)
     log = "\n".join(trained["log"])
     assert "data: 32 training, 8 PublicTest images; heads ['fer2013', 'ferplus']" in log
     assert "class weights ferplus" in log and "resumed" not in log
@@ -644,6 +651,11 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     search = json.loads(meta["margin_search"])
     assert set(search) == {"0", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"}
     assert search[meta["crop_margin"]] == max(search.values())
+    # The file records the PublicTest accuracy of the epoch it was exported from, best_ or final_.
+    for name in ("best_fer2013.pt", "final_fer2013.pt"):
+        assert main(["export", str(trained["out"] / name), str(out), "--no-tta"]) == 0
+        recorded = json.loads(EmotionClassifier(out).spec.metadata["metrics"])["PublicTest"]["accuracy"]
+        assert recorded == round(torch.load(trained["out"] / name, weights_only=False)["accuracy"], 4)
 
 
 # --- command line -----------------------------------------------------------------------------------------------------

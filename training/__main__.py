@@ -12,7 +12,7 @@ from training.train import TrainConfig
 HELP = {
     "data": "fer2013.csv(.gz) (Kaggle layout) or, with --source folder, a root of <split>/<emotion>/*.png|jpg",
     "source": "fer2013 (CSV) or folder (train/ val/ test/ folders of emotion folders)",
-    "out": "run folder: last.pt, best_<head>.pt, history.json",
+    "out": "run folder: last.pt, best_<head>.pt, history.json, and final_<head>.pt when the schedule ends",
     "input_size": "network input in pixels (the 48 px faces are area-resized to it)",
     "epochs": "total epochs of the one-cycle schedule (a resumed run continues up to this)",
     "lr": "peak learning rate of the one-cycle SGD schedule",

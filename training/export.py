@@ -226,7 +226,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "torch/onnxruntime parity and, given --photos, measure end-to-end accuracy per crop margin on "
         "labelled real photos and record the best margin in the file.",
     )
-    p.add_argument("checkpoint", help="runs/<name>/best_<head>.pt")
+    p.add_argument(
+        "checkpoint", help="runs/<name>/best_<head>.pt (PublicTest's pick) or final_<head>.pt (the schedule's end)"
+    )
     p.add_argument("out", help="output .onnx path, e.g. models/emotion_ferplus.onnx")
     p.add_argument("--no-tta", action="store_true", help="do not average with the horizontally flipped face in-graph")
     p.add_argument("--margin", type=float, default=0.1, help="crop margin when --photos is not given (default 0.1)")
@@ -271,12 +273,14 @@ def _run_tta(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    ckpt = torch.load(args.checkpoint, weights_only=False)
     history = Path(args.checkpoint).parent / "history.json"
     metrics = {}
-    if history.exists():
+    if "accuracy" in ckpt:  # the checkpoint's own epoch (best_ or final_)
+        metrics = {"PublicTest": {"accuracy": round(ckpt["accuracy"], 4)}}
+    elif history.exists():  # checkpoints written before session 6: the run's best
         state = json.loads(history.read_text())
-        head = torch.load(args.checkpoint, weights_only=False)["head"]
-        metrics = {"PublicTest": {"accuracy": round(state["best"][head]["accuracy"], 4)}}
+        metrics = {"PublicTest": {"accuracy": round(state["best"][ckpt["head"]]["accuracy"], 4)}}
     path = export_onnx(
         args.checkpoint, args.out, tta=not args.no_tta, crop_margin=args.margin, metrics=metrics, version=args.version
     )

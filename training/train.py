@@ -383,7 +383,7 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
             row[f"{h}_val_acc"] = float((probs[h][ok].argmax(1) == val_labels[h][ok]).mean())
             if row[f"{h}_val_acc"] > state["best"][h]["accuracy"]:
                 state["best"][h] = {"accuracy": row[f"{h}_val_acc"], "epoch": epoch}
-                torch.save(_checkpoint(net, cfg, ds, h), out / f"best_{h}.pt")
+                torch.save(_checkpoint(net, cfg, ds, h, row), out / f"best_{h}.pt")
         state["history"].append(row)
         state["epoch"] = epoch
         epoch_seconds.append(time.time() - t0)
@@ -394,6 +394,9 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
             last,
         )
         (out / "history.json").write_text(json.dumps(state, indent=1))
+        if state["epoch"] >= state["epochs"]:  # the schedule's end: its last weights, exportable like the best ones
+            for h in heads:
+                torch.save(_checkpoint(net, cfg, ds, h, row), out / f"final_{h}.pt")
     log(f"best: {json.dumps(state['best'])} ({(time.time() - t_start) / 60:.1f} min)")
     return state
 
@@ -413,9 +416,12 @@ def _fit_budget(state: dict, epoch_seconds: list[float], deadline: float, max_ep
         state["epochs"], state["shortened"] = fits, fits < max_epochs
 
 
-def _checkpoint(net: EmotionNet, cfg: TrainConfig, ds: FaceDataset, head: str) -> dict:
-    """A self-contained checkpoint for one head: what `export` needs, nothing of the optimiser."""
+def _checkpoint(net: EmotionNet, cfg: TrainConfig, ds: FaceDataset, head: str, row: dict) -> dict:
+    """A self-contained checkpoint for one head: what `export` needs (with the epoch and its PublicTest accuracy),
+    nothing of the optimiser."""
     return {
+        "epoch": row["epoch"],
+        "accuracy": row[f"{head}_val_acc"],
         "model": net.state_dict(),
         "train_config": asdict(cfg),
         "model_config": asdict(net.config),

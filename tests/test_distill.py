@@ -172,6 +172,12 @@ def test_low_resolution_augmentation_shrinks_and_enlarges_the_share_it_is_given(
     assert bool((detail(half[changed]) < detail(plain[changed])).all())
 
 
+@pytest.mark.parametrize("side", [0, 40])
+def test_low_resolution_side_outside_the_input_is_refused(side, tmp_path):
+    with pytest.raises(ValueError, match="--lowres-min must be from 1 to input_size - 1"):
+        train(TrainConfig(out=str(tmp_path), lowres_prob=0.3, lowres_min=side), log=lambda _: None)
+
+
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])
 def test_mixing_blends_images_and_targets_by_the_same_weight(mode):
     n = 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from training.train import TrainConfig
 
@@ -41,7 +42,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train the emotion CNN on FER2013 (+ FER+ votes) or an image folder; resumes from "
         "OUT/last.pt if present. Every epoch "
         "prints PublicTest accuracy per head, writes OUT/last.pt (resume point), OUT/best_<head>.pt "
-        "(best PublicTest accuracy) and OUT/history.json.",
+        "(best PublicTest accuracy) and OUT/history.json; the schedule's last epoch also writes OUT/final_<head>.pt.",
     )
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -104,7 +105,8 @@ def cli() -> int:
     try:
         return main()
     except (ValueError, FileNotFoundError) as exc:  # DataError, ModelError and the commands' checks are ValueErrors
-        print(f"python -m training: error: {exc}", file=sys.stderr)
+        prog = "emotion-train" if Path(sys.argv[0]).name == "emotion-train" else "python -m training"
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -71,9 +71,8 @@ def split_faces(spec, ds: FaceDataset, split: str, side: int | None = None) -> t
     faces = ds.images[idx][keep]
     if side is not None:
         h, w = spec.input_size
-        faces = np.stack(
-            [cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in resize_faces(faces, side, side)]
-        )
+        interp = cv2.INTER_LINEAR if side < min(h, w) else cv2.INTER_AREA  # as the server's crop_face picks
+        faces = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in resize_faces(faces, side, side)])
     else:
         faces = resize_faces(faces, *spec.input_size)
     if spec.channels == 3:

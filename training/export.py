@@ -273,7 +273,7 @@ def _run_tta(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    ckpt = torch.load(args.checkpoint, weights_only=False)
+    ckpt = torch.load(args.checkpoint, weights_only=False, map_location="cpu")
     history = Path(args.checkpoint).parent / "history.json"
     metrics = {}
     if "accuracy" in ckpt:  # the checkpoint's own epoch (best_ or final_)

@@ -39,7 +39,7 @@ def calibration_batches(ds: FaceDataset, path: str | Path, n: int = 512, batch: 
 # How the activation ranges are set from the calibration faces. percentile: the 99.99th percentile of each tensor's
 # values, so a few outliers do not stretch the range and coarsen every other value's step (session 6: it kept the
 # FER2013 v2.2 network within 0.03 points of float where minmax lost 0.45; on three earlier networks the two were
-# within 0.15 of each other). minmax: the whole range, onnxruntime's default (how FER+ v1.1 and FER2013 v2.0 were
+# within 0.2 of each other). minmax: the whole range, onnxruntime's default (how FER+ v1.1 and FER2013 v2.0 were
 # quantized).
 CALIBRATIONS = {"percentile": "99.99th-percentile activation ranges", "minmax": "min-max activation ranges"}
 

@@ -261,6 +261,8 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     log(f"device: {device}, precision {precision} ({why})")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if cfg.lowres_prob > 0 and not 1 <= cfg.lowres_min < cfg.input_size:
+        raise ValueError(f"--lowres-min must be from 1 to input_size - 1 ({cfg.input_size - 1}), got {cfg.lowres_min}")
     ds = data or load_dataset(cfg.source, cfg.data, cfg.ferplus)
     heads = cfg.heads or list(ds.targets)
     train_idx = ds.split("Training")
@@ -309,6 +311,9 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         torch.set_rng_state(ckpt["rng"])
         log(f"resumed from {last} after epoch {state['epoch']}")
 
+    if state["epoch"] < state["epochs"]:  # a longer schedule than the one a final_ checkpoint ended
+        for stale in out.glob("final_*.pt"):
+            stale.unlink()
     gen = torch.Generator(device=device)
     val_labels = {h: ds.hard_labels(h)[val_idx] for h in heads}
     epoch_seconds: list[float] = []
@@ -389,14 +394,14 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         epoch_seconds.append(time.time() - t0)
         _fit_budget(state, epoch_seconds, deadline, cfg.epochs, log)
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if state["step"] >= state["epochs"] * steps_per_epoch:  # the schedule ran to its end, learning rate annealed
+            for h in heads:  # written before last.pt: a run that stops in between writes them again when resumed
+                torch.save(_checkpoint(net, cfg, ds, h, row), out / f"final_{h}.pt")
         torch.save(
             {"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state()},
             last,
         )
         (out / "history.json").write_text(json.dumps(state, indent=1))
-        if state["epoch"] >= state["epochs"]:  # the schedule's end: its last weights, exportable like the best ones
-            for h in heads:
-                torch.save(_checkpoint(net, cfg, ds, h, row), out / f"final_{h}.pt")
     log(f"best: {json.dumps(state['best'])} ({(time.time() - t_start) / 60:.1f} min)")
     return state
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import FaceDataset, add_data_arguments, ferplus_path, load_dataset
-from training.evaluate import calibration_error, split_faces
+from training.evaluate import calibration_error, infer_batched, split_faces
 from training.metadata import update_metadata
 
 
@@ -125,7 +125,7 @@ def calibrate(path: str | Path, out: str | Path, ds: FaceDataset, split: str = "
         candidate = Path(tmp) / "calibrated.onnx"
         onnx.save(model, str(candidate))
         written = EmotionClassifier(candidate)  # one session for every batch
-        served = np.concatenate([written.infer(faces[i : i + 256]) for i in range(0, len(faces), 256)])
+        served = infer_batched(written, faces)
         gap = float(np.abs(served - fitted).max())
         if gap > 1e-3:
             raise RuntimeError(f"the calibrated graph differs from the fitted probabilities by {gap:.2e}")

@@ -17,9 +17,7 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def update_metadata(model: onnx.ModelProto, **values: str) -> onnx.ModelProto:
     """Set `values` in the model's metadata in place (other keys are kept) and return the model."""
-    props = read_metadata(model) | values
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
+    onnx.helper.set_model_props(model, read_metadata(model) | values)  # set_model_props replaces every key
     return model
 
 

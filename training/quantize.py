@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from training.data import FaceDataset, add_data_arguments, ferplus_path, load_dataset, resize_faces
-from training.metadata import read_metadata, update_metadata
+from training.metadata import read_metadata
 
 
 def calibration_batches(ds: FaceDataset, path: str | Path, n: int = 512, batch: int = 32) -> list[np.ndarray]:
@@ -87,8 +87,7 @@ def quantize(model: str | Path, out: str | Path, ds: FaceDataset, calibration: s
         f"{CALIBRATIONS[calibration]})"
     }
     q = onnx.load(str(out))
-    del q.metadata_props[:]  # the quantizer's own notes go: the file says what the source said, and how it was made
-    q = update_metadata(q, **meta)
+    onnx.helper.set_model_props(q, meta)  # replaces the quantizer's own notes: the source's keys, and how it was made
     onnx.save(q, str(out))
     return out
 

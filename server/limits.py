@@ -11,11 +11,15 @@ Two small pieces add those deadlines:
 - ``BodyDeadlineMiddleware``: the request's ASGI ``receive()`` with a deadline for the whole body and a shorter one
   for each chunk. Past either, the route's read raises ``BodyTimeout`` and the client gets 408 with
   ``Connection: close``. After the last chunk ``receive()`` is left alone (it then waits for a disconnect).
+
+``HeaderDeadline`` also answers uvicorn's connection limit (``limit_concurrency``) itself: a JSON 503 with
+``Retry-After``, like the work queue's, instead of uvicorn's plain-text 503 without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from server.config import Settings
 
 REQUEST_TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
+BUSY_BODY = b'{"detail":"server busy: too many connections; retry later"}'
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(REQUEST_TIMEOUT_BODY), REQUEST_TIMEOUT_BODY)
@@ -34,17 +39,44 @@ REQUEST_TIMEOUT_RESPONSE = (
 
 class HeaderDeadline:
     """Mixed into a uvicorn HTTP protocol class: the next request's headers must be complete within
-    ``header_timeout`` seconds of the connection opening or of the previous answer."""
+    ``header_timeout`` seconds of the connection opening or of the previous answer. A request past uvicorn's
+    ``limit_concurrency`` gets 503 ``{"detail": ...}`` with ``Retry-After: retry_after``."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     cycle: Any  # uvicorn's RequestResponseCycle of the request served last (None before the first)
 
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    connections: set[Any]  # uvicorn's open connections and request tasks, shared by all its protocol objects
+    tasks: set[asyncio.Task]
+    limit_concurrency: int | None
+    app: Any
+    logger: logging.Logger
+
+    def __init__(self, *args: Any, header_timeout: float, retry_after: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
+        self.retry_after = retry_after
         self._header_timer: asyncio.TimerHandle | None = None
         self._bytes_since_armed = 0
+        # uvicorn's own check answers plain text without Retry-After: the limit is checked in _admit instead.
+        self.max_connections, self.limit_concurrency = self.limit_concurrency, None
+        self.app = partial(self._admit, self.app)
+
+    async def _admit(self, app: Any, scope: dict, receive: Callable, send: Callable) -> None:
+        """uvicorn's ``limit_concurrency`` test, in the request's task (which ``self.tasks`` already holds)."""
+        limit = self.max_connections
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
+            self.logger.warning("Exceeded concurrency limit.")
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(BUSY_BODY)).encode()),
+                (b"retry-after", str(self.retry_after).encode()),
+                (b"connection", b"close"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": BUSY_BODY})
+            return
+        await app(scope, receive, send)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]
@@ -146,7 +178,7 @@ class BodyDeadlineMiddleware:
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that apply the settings' connection limits."""
     return {
-        "http": partial(DEFAULT_PROTOCOL, header_timeout=settings.header_timeout),
+        "http": partial(DEFAULT_PROTOCOL, header_timeout=settings.header_timeout, retry_after=settings.retry_after),
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": settings.max_connections,
         # uvicorn buffers a whole WebSocket message before the app sees it. Up to twice the frame limit the app

@@ -111,3 +111,24 @@ def test_live_frame_finding_the_queue_full_gets_busy_error(model_path: Path, big
             assert '"busy' in message or "server busy" in message, message
         worker.join()
         assert metric(server, r'emotion_ws_frames_total\{outcome="shed"\}') >= 1
+
+
+def test_connection_limit_answers_json_503_with_retry_after(model_path: Path) -> None:
+    # uvicorn's own answer past limit_concurrency was plain text "Service Unavailable" without Retry-After.
+    with serve(model_path, max_connections=4, retry_after=7) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        unfinished = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 9\r\n\r\n"
+        try:
+            for sock in held:  # requests in flight: their bodies never finish
+                sock.sendall(unfinished)
+            time.sleep(0.2)
+            r = httpx.get(f"{server.url}/healthz")
+            assert r.status_code == 503 and r.headers["retry-after"] == "7", (r.headers, r.text)
+            assert "busy" in r.json()["detail"]
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while (r := httpx.get(f"{server.url}/healthz")).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.status_code == 200

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from server.classifier import EmotionClassifier
+from server.classifier import FER2013_LANDMARKS, EmotionClassifier, ModelSpec
 from server.detector import Detection, FaceDetector, create_detector
 from server.schemas import Box, Face, PredictResponse
 
@@ -170,6 +170,22 @@ def square_box(box: Sequence[float], margin: float, width: int, height: int) -> 
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
+def landmark_box(
+    landmarks: Sequence[float], template: Sequence[Sequence[float]], width: int, height: int
+) -> tuple[int, int, int, int]:
+    """The crop region (x0, y0, x1, y1) for ``align: landmarks``: the square whose ``template`` points (fractions
+    of its side) best match the five ``landmarks`` (x, y, ... in image pixels) by scale and shift alone (least
+    squares on the centres, the side from the points' spread), clamped to the image as `square_box` is."""
+    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    target = np.asarray(template, dtype=np.float64).reshape(-1, 2)
+    spread = max(2.0, float(np.sqrt(((points - points.mean(0)) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())))
+    x0, y0 = points.mean(0) - target.mean(0) * spread
+    x1, y1 = x0 + spread, y0 + spread
+    x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
+    x1, y1 = min(width, int(round(x1))), min(height, int(round(y1)))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
 # Eye lines steeper than this are more likely a landmark slip than a head that far over: leave those faces as they are.
 MAX_ALIGN_DEGREES = 45.0
 
@@ -187,13 +203,16 @@ def crop_face(
     size: int | Sequence[int],
     channels: int,
     eyes: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    landmarks: Sequence[float] | None = None,
+    template: Sequence[Sequence[float]] = FER2013_LANDMARKS,
 ) -> np.ndarray:
     """Cut the model's input for one face: uint8 [H, W] (channels=1, gray) or [H, W, 3] (channels=3, RGB).
 
     ``image`` is BGR (or already gray); ``box`` is (x, y, w, h) in its pixels; ``size`` is an int or (H, W).
     With ``eyes`` (the detector's right and left eye), the square is turned about the box centre so the eyes are
     level, as the model's ``align: eyes`` metadata asks; pixels the turn brings in from outside the image repeat
-    the border.
+    the border. With ``landmarks`` (the detector's five points), the square is the one that puts them at
+    ``template``, as ``align: landmarks`` asks (`landmark_box`); the margin is then unused.
     """
     if isinstance(box, Box):
         box = (box.x, box.y, box.w, box.h)
@@ -206,7 +225,11 @@ def crop_face(
         rot[:, 2] += side / 2.0 - np.array([x + w / 2.0, y + h / 2.0])  # the box centre lands mid-square
         region = cv2.warpAffine(image, rot, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     else:
-        x0, y0, x1, y1 = square_box(box, margin, image.shape[1], image.shape[0])
+        height, width = image.shape[:2]
+        if landmarks is not None:
+            x0, y0, x1, y1 = landmark_box(landmarks, template, width, height)
+        else:
+            x0, y0, x1, y1 = square_box(box, margin, width, height)
         region = image[y0:y1, x0:x1]
     if channels == 1:
         if region.ndim == 3:
@@ -218,6 +241,28 @@ def crop_face(
     # INTER_AREA when shrinking (the usual case) averages instead of aliasing; upscaling tiny faces wants linear.
     interp = cv2.INTER_AREA if region.shape[0] >= out_h and region.shape[1] >= out_w else cv2.INTER_LINEAR
     return cv2.resize(region, (out_w, out_h), interpolation=interp)
+
+
+def crop_for(image: np.ndarray, d: Detection, spec: ModelSpec) -> np.ndarray:
+    """One detected face cut as the model's metadata asks (``crop_margin``, ``align``, ``face_template``); a face
+    without landmarks (the Haar detector) gets the box plus the margin whatever the alignment."""
+    return crop_face(
+        image,
+        (d.x, d.y, d.w, d.h),
+        spec.crop_margin,
+        spec.input_size,
+        spec.channels,
+        d.eyes() if spec.align == "eyes" else None,
+        d.landmarks if spec.align == "landmarks" else None,
+        spec.face_template,
+    )
+
+
+def crop_region(d: Detection, spec: ModelSpec, width: int, height: int) -> tuple[int, int, int, int]:
+    """The (x0, y0, x1, y1) region `crop_for` cuts when it does not turn the face (every alignment but eyes)."""
+    if spec.align == "landmarks" and d.landmarks is not None:
+        return landmark_box(d.landmarks, spec.face_template, width, height)
+    return square_box((d.x, d.y, d.w, d.h), spec.crop_margin, width, height)
 
 
 def valence_arousal(probabilities: dict[str, float]) -> tuple[float, float]:
@@ -400,19 +445,7 @@ class EmotionPipeline:
         spec = self.classifier.spec
         faces: list[Face] = []
         if detections:
-            crops = np.stack(
-                [
-                    crop_face(
-                        image_bgr,
-                        (d.x, d.y, d.w, d.h),
-                        spec.crop_margin,
-                        spec.input_size,
-                        spec.channels,
-                        d.eyes() if spec.align == "eyes" else None,
-                    )
-                    for d in detections
-                ]
-            )
+            crops = np.stack([crop_for(image_bgr, d, spec) for d in detections])
             probs = self.classifier.infer(crops)
             for d, p in zip(detections, probs, strict=True):
                 probabilities = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -11,14 +12,19 @@ import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE, ROOT, iou
 
+from server.classifier import FER2013_LANDMARKS
 from server.config import Settings
+from server.detector import Detection
 from server.pipeline import (
     CIRCUMPLEX,
     EmotionPipeline,
     InputError,
     crop_face,
+    crop_for,
+    crop_region,
     decode_image,
     image_format_and_size,
+    landmark_box,
     square_box,
     valence_arousal,
 )
@@ -117,6 +123,39 @@ def test_square_box_adds_margin_and_clamps() -> None:
     assert square_box((80, 70, 40, 60), 0.0, 1000, 1000) == (70, 70, 130, 130)
     # Near the top-left corner the square is cut by the image border.
     assert square_box((0, 0, 40, 40), 0.5, 1000, 1000) == (0, 0, 60, 60)
+
+
+def test_landmark_box_puts_the_landmarks_where_the_template_has_them() -> None:
+    template = np.array(FER2013_LANDMARKS)
+    # A face whose landmarks are the template at 200 px, shifted by (30, 50): the square is exactly that one.
+    assert landmark_box((template * 200 + (30, 50)).ravel(), FER2013_LANDMARKS, 1000, 1000) == (30, 50, 230, 250)
+    # Scale and shift alone: a wider-eyed face or a tilted one gets the least-squares square, never a turned one.
+    tilted = template * 200 + (30, 50) + np.array([[0, -6], [0, 6], [0, 0], [0, -6], [0, 6]])
+    x0, y0, x1, y1 = landmark_box(tilted.ravel(), FER2013_LANDMARKS, 1000, 1000)
+    assert x1 - x0 == y1 - y0 and abs(x0 - 30) <= 3 and abs(y0 - 50) <= 3 and 195 <= x1 - x0 <= 215
+    # A face at the border: clamped to the image as square_box is; a zoomed template gives a tighter square.
+    assert landmark_box((template * 200 - (20, 0)).ravel(), FER2013_LANDMARKS, 150, 1000) == (0, 0, 150, 200)
+    zoomed = [(0.5 + (x - 0.5) * 1.25, 0.5 + (y - 0.5) * 1.25) for x, y in FER2013_LANDMARKS]
+    assert landmark_box((template * 200).ravel(), zoomed, 1000, 1000) == (20, 20, 180, 180)
+
+
+def test_landmark_crop_frames_a_face_the_same_whatever_surrounds_it(yunet_path: Path, astronaut_bgr) -> None:
+    """The point of align "landmarks": a face cut from a tight photo and from the same photo in a wide frame gives
+    the model the same picture, where the box plus a margin takes in the frame and shows a smaller face."""
+    from server.detector import create_detector
+
+    detector = create_detector("yunet", yunet_path)
+    tight = astronaut_bgr[50:180, 155:290]  # her face, as tight as the labelled photos (it holds the landmark square)
+    framed = cv2.copyMakeBorder(tight, 200, 200, 200, 200, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    crops = {}
+    for name, image in (("tight", tight), ("framed", framed)):
+        d = max(detector.infer(image), key=lambda f: f.w * f.h)
+        box = (d.x, d.y, d.w, d.h)
+        crops[name, "landmarks"] = crop_face(image, box, 0.0, 40, 1, landmarks=d.landmarks).astype(float)
+        crops[name, "margin"] = crop_face(image, box, 0.2, 40, 1).astype(float)
+    same = np.abs(crops["tight", "landmarks"] - crops["framed", "landmarks"]).mean()
+    moved = np.abs(crops["tight", "margin"] - crops["framed", "margin"]).mean()
+    assert same < moved / 2, (same, moved)  # YuNet's own points move by a few pixels between the two: not zero
 
 
 def test_crop_face_gray_and_rgb() -> None:
@@ -302,12 +341,33 @@ def test_model_align_metadata_reaches_the_crop(make_model, yunet_path: Path, ast
 
     turned = cv2.warpAffine(astronaut_bgr, cv2.getRotationMatrix2D((256, 256), -30, 1.0), (512, 512))
     results = {}
-    for align in ("none", "eyes"):
+    for align in ("none", "eyes", "landmarks"):
         clf = EmotionClassifier(make_model(f"{align}.onnx", metadata={"align": align}))
         assert clf.spec.align == align
-        results[align] = EmotionPipeline(create_detector("yunet", yunet_path), clf).predict(turned)[0][0]
-    assert results["none"].box == results["eyes"].box  # same face, different crop -> different probabilities
-    assert results["none"].probabilities != results["eyes"].probabilities
+        pipeline = EmotionPipeline(create_detector("yunet", yunet_path), clf)
+        results[align] = pipeline.predict(turned)[0][0]
+    assert results["none"].box == results["eyes"].box == results["landmarks"].box  # same face, other crops
+    assert len({tuple(r.probabilities.values()) for r in results.values()}) == 3
+    # landmarks: exactly the square landmark_box places (FER2013's template unless the file gives its own)
+    d = pipeline.detect(turned)[0]
+    region = landmark_box(d.landmarks, FER2013_LANDMARKS, 512, 512)
+    assert crop_region(d, clf.spec, 512, 512) == region
+    x0, y0, x1, y1 = region
+    expected = cv2.resize(
+        cv2.cvtColor(turned[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA
+    )
+    np.testing.assert_array_equal(crop_for(turned, d, clf.spec), expected)
+    own = [[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.75], [0.65, 0.75]]
+    spec = EmotionClassifier(
+        make_model("own.onnx", metadata={"align": "landmarks", "face_template": json.dumps(own)})
+    ).spec
+    assert spec.face_template == tuple(map(tuple, own)) and crop_region(d, spec, 512, 512) != region
+    # Without landmarks (the Haar detector) a "landmarks" model gets the box plus its margin.
+    bare = Detection(d.x, d.y, d.w, d.h, d.score)
+    assert crop_region(bare, spec, 512, 512) == square_box((d.x, d.y, d.w, d.h), spec.crop_margin, 512, 512)
     assert EmotionClassifier(make_model("absent.onnx")).spec.align == "none"  # older files: no key, no turn
     with pytest.raises(ModelError, match="'align' must be one of"):
         EmotionClassifier(make_model("bad.onnx", metadata={"align": "nose"}))
+    for bad in ("[[0.3, 0.4]]", "[[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]", '"eyes"', "[1, 2"):
+        with pytest.raises(ModelError, match="face_template"):
+            EmotionClassifier(make_model("bad.onnx", metadata={"align": "landmarks", "face_template": bad}))

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from conftest import ROOT, make_settings
 
-from server.classifier import EmotionClassifier
+from server.classifier import FER2013_LANDMARKS, EmotionClassifier
 from server.pipeline import EmotionPipeline
 
 SHIPPED = {"emotion_ferplus.onnx": "ferplus", "emotion_fer2013.onnx": "fer2013"}
@@ -30,13 +30,20 @@ def test_metadata_records_how_it_was_made_and_measured(shipped: Path) -> None:
     assert len(spec.labels) == (8 if meta["label_source"] == "ferplus" else 7)
     metrics = json.loads(meta["metrics"])["PublicTest"]
     assert 0.6 < metrics["accuracy"] <= 1 and 0.4 < metrics["macro_f1"] <= 1
-    # keys are "margin" or, when both alignments were measured, "align/margin"
-    search = {
-        (k.split("/")[0] if "/" in k else "none", float(k.split("/")[-1])): acc
-        for k, acc in json.loads(meta["margin_search"]).items()
-    }
-    best = max(search, key=search.get)  # the crop recorded is the best one measured
-    assert (meta.get("align", "none"), spec.crop_margin) == best
+    # "align/margin" (or "landmarks/zoom"): [accuracy on the photos as they are, in a grey frame]
+    search = {(k.split("/")[0], float(k.split("/")[1])): sum(v) for k, v in json.loads(meta["margin_search"]).items()}
+    # The crop recorded is the best one measured (to the 4 digits recorded: two crops can tie).
+    if spec.align == "landmarks":  # FER2013's template spread by the zoom measured; the margin, the best box's
+        (x0, _), (x1, _) = spec.face_template[:2]
+        zoom = round((x1 - x0) / (FER2013_LANDMARKS[1][0] - FER2013_LANDMARKS[0][0]), 2)
+        spread = [(0.5 + (x - 0.5) * zoom, 0.5 + (y - 0.5) * zoom) for x, y in FER2013_LANDMARKS]
+        assert np.allclose(spec.face_template, spread, atol=1e-3)
+        recorded = ("landmarks", zoom)
+        margins = [acc for (a, _), acc in search.items() if a == "none"]
+        assert search[("none", spec.crop_margin)] >= max(margins) - 1e-3
+    else:
+        recorded = (spec.align, spec.crop_margin)
+    assert search[recorded] >= max(search.values()) - 1e-3
     assert set(json.loads(meta["photo_recall"])) <= set(spec.labels)
     # temperature-scaled: the recorded fit lowered the calibration error, and the graph holds that temperature
     calibration = json.loads(meta["calibration"])

@@ -42,7 +42,7 @@ from training.data import (  # noqa: E402
     resize_faces,
 )
 from training.evaluate import classification_report, evaluate_onnx, split_faces  # noqa: E402
-from training.export import export_onnx, measure_margin, parity_check  # noqa: E402
+from training.export import FRAME, MARGINS, export_onnx, measure_margin, parity_check  # noqa: E402
 from training.metadata import read_metadata, set_metadata  # noqa: E402
 from training.model import EmotionNet, ExportWrapper, ModelConfig  # noqa: E402
 from training.train import TrainConfig, load_checkpoint, train  # noqa: E402
@@ -631,6 +631,10 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     )
     assert bench.returncode == 0, bench.stderr
     assert f"accuracy {at['accuracy']:.1%} of 4 photos (3 with a face)" in bench.stdout
+    # ... and on the photos in a grey frame (where Haar, on a copy shrunk to its limit, finds fewer of the faces).
+    framed = measure_margin(exported["fer2013"], photos, yunet=None, own_crop=True, frame=FRAME)[("own", 0.0)]
+    assert framed["photos"] == 4 and 1 <= framed["faces"] <= 3
+    assert f"in a grey frame ({FRAME:g} of the longer side each way): accuracy {framed['accuracy']:.1%}" in bench.stdout
     # ... and per image size: the two 512x512 photos, the 320x320 one, the blank 200x200 one (no face: wrong).
     files = [f for f, *_ in at["per_photo"]]
     assert files == ["astronaut.jpg", "mirrored.png", "small.jpg", "blank.png"] and at["per_photo"][3][2:] == (None, 0)
@@ -648,9 +652,10 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     out = tmp_path / "emotion_fer2013.onnx"
     assert main(["export", str(trained["out"] / "best_fer2013.pt"), str(out), "--photos", str(photos)]) == 0
     meta = EmotionClassifier(out).spec.metadata
-    search = json.loads(meta["margin_search"])
-    assert set(search) == {"0", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"}
-    assert search[meta["crop_margin"]] == max(search.values())
+    search = json.loads(meta["margin_search"])  # "align/margin": [accuracy as given, accuracy framed]
+    assert set(search) == {f"none/{m:g}" for m in MARGINS} and meta["align"] == "none"  # Haar: no landmarks
+    assert all(len(v) == 2 and 0 <= min(v) <= max(v) <= 1 for v in search.values())
+    assert sum(search[f"none/{meta['crop_margin']}"]) == max(sum(v) for v in search.values())
     # The file records the PublicTest accuracy of the epoch it was exported from, best_ or final_.
     for name in ("best_fer2013.pt", "final_fer2013.pt"):
         assert main(["export", str(trained["out"] / name), str(out), "--no-tta"]) == 0

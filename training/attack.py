@@ -7,7 +7,7 @@
 How it works (docs/attack.md says it for users):
 
 - Gradients come from the ``.onnx`` file itself, run by ``training.onnx_torch`` and checked against onnxruntime.
-- The face is found by the server's own detector and cropped by the server's own rule (``square_box``); the
+- The face is found by the server's own detector and cropped by the server's own rule (``crop_region``); the
   perturbation lives on the full-resolution pixels of the photo around that crop, and the server's conversion to the
   model input (BGR -> gray, INTER_AREA / linear resize, uint8 rounding, mean/std) is rebuilt as a differentiable
   graph: both colour conversion and resize are linear maps, and the resize matrices are read off cv2 itself by
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from server.classifier import EmotionClassifier
-from server.pipeline import MAX_ALIGN_DEGREES, EmotionPipeline, crop_face, decode_image, eye_angle, square_box
+from server.detector import Detection
+from server.pipeline import MAX_ALIGN_DEGREES, EmotionPipeline, crop_for, crop_region, decode_image, eye_angle
 from training.data import add_data_arguments, resize_faces
 from training.onnx_torch import QUANTIZED_ATOL, OnnxModule, parity_check
 
@@ -231,8 +232,8 @@ class PhotoAttacker:
                 f"{eye_angle(eyes):.1f} degrees; the attack reproduces only the unturned crop so far"
             )
         h, w = image_bgr.shape[:2]
-        crop_box = square_box(face, spec.crop_margin, w, h)
-        self._check_crop(image_bgr, face, crop_box, eyes)
+        crop_box = crop_region(d, spec, w, h)
+        self._check_crop(image_bgr, d, crop_box)
         before = predict_face(self.pipeline, image_bgr, face)
         result = PhotoAttack(target, face, crop_box, before, None, before, image_bgr.copy(), [], 0, 0)
         if before.emotion == target:
@@ -263,15 +264,14 @@ class PhotoAttacker:
         result.linf, result.changed_pixels = int(diff.max()), int((diff.max(axis=2) > 0).sum())
         return result
 
-    def _check_crop(self, image_bgr: np.ndarray, face: Sequence[float], crop_box: Box, eyes: object = None) -> None:
+    def _check_crop(self, image_bgr: np.ndarray, d: Detection, crop_box: Box) -> None:
         """The torch crop must reproduce the server's ``crop_face`` before its gradients mean anything."""
         spec = self.model.spec
-        extra = (eyes,) if eyes is not None else ()
         graph = CropGraph(crop_box, [crop_box], spec.input_size, spec.channels)
         x0, y0, x1, y1 = crop_box
         with torch.no_grad():
             ours = graph(torch.from_numpy(image_bgr[y0:y1, x0:x1].astype(np.float32)))[0].numpy()
-        theirs = crop_face(image_bgr, face, spec.crop_margin, spec.input_size, spec.channels, *extra)
+        theirs = crop_for(image_bgr, d, spec)
         theirs = theirs.astype(np.float32)
         theirs = theirs[None] if theirs.ndim == 2 else theirs.transpose(2, 0, 1)
         err = float(np.abs(ours - theirs).max())
@@ -340,7 +340,7 @@ class PhotoAttacker:
         if best is None or iou((best.x, best.y, best.w, best.h), face) < 0.5:
             return None
         h, w = hacked.shape[:2]
-        return square_box((best.x, best.y, best.w, best.h), self.model.spec.crop_margin, w, h)
+        return crop_region(best, self.model.spec, w, h)
 
 
 def search_smallest(run: Callable[[int], bool], max_budget: int) -> int | None:

@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from training.model import ExportWrapper
 from training.train import load_checkpoint
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+ZOOMS = (0.9, 1.0, 1.1, 1.2)  # of the landmark template, for align "landmarks"
+FRAME = 0.4  # choose_crop also measures each photo in a grey frame this much of its longer side wide on each side
 
 
 def export_onnx(
@@ -138,24 +141,38 @@ def add_flip_tta(path: str | Path, out: str | Path) -> Path:
     return out
 
 
+def zoom_template(template: Sequence[Sequence[float]], zoom: float) -> list[list[float]]:
+    """`template` (fractions of the crop) spread about the crop's centre by `zoom`: above 1 the face fills more."""
+    return [[round(0.5 + (x - 0.5) * zoom, 4), round(0.5 + (y - 0.5) * zoom, 4)] for x, y in template]
+
+
 def measure_margin(
     model_path: str | Path,
     photos: str | Path,
     yunet: str | Path | None,
     margins: tuple[float, ...] = MARGINS,
     aligns: tuple[str, ...] = ("none",),
+    zooms: tuple[float, ...] = ZOOMS,
+    frame: float = 0.0,
+    own_crop: bool = False,
 ) -> dict[tuple[str, float], dict]:
-    """End-to-end accuracy on labelled real photos per (alignment, crop margin), through the server's own pipeline
-    code (its detection on a downscaled copy, its crop, its classifier), with the recall of every class.
+    """End-to-end accuracy on labelled real photos per crop, through the server's own pipeline code (its detection
+    on a downscaled copy, its crop, its classifier), with the recall of every class. A crop is (align, margin) or,
+    for align "landmarks", (align, zoom of FER2013's landmark template).
 
-    Photos whose label the model does not have (e.g. contempt for a 7-class model) are skipped; the largest face is
-    the one judged; a photo where no face is found counts as wrong.
+    With `frame`, each photo is first put in a grey frame `frame` times its longer side wide on every side: the
+    photos are tight crops of faces, so their border hides how much of its surroundings a crop takes in, which a
+    webcam frame or a head-and-shoulders upload shows. With `own_crop`, only the crop the file records is measured,
+    under the key ("own", 0). Photos whose label the model does not have (e.g. contempt for a 7-class model) are
+    skipped; the largest face is the one judged; a photo where no face is found counts as wrong.
     """
+    import dataclasses
+
     import cv2
 
-    from server.classifier import EmotionClassifier  # the server's code, so the crop is exactly what it serves
+    from server.classifier import FER2013_LANDMARKS, EmotionClassifier  # the server's code: the crop it serves
     from server.detector import create_detector
-    from server.pipeline import EmotionPipeline, crop_face
+    from server.pipeline import EmotionPipeline, crop_for
 
     photos = Path(photos)
     classifier = EmotionClassifier(model_path)
@@ -165,6 +182,9 @@ def measure_margin(
     found, images, truth, kept = [], [], [], []
     for i, r in enumerate(rows):
         image = cv2.imread(str(photos / "images" / r["file"]))
+        if image is not None and frame > 0:
+            pad = int(round(frame * max(image.shape[:2])))
+            image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
         faces = pipeline.detect(image) if image is not None else []
         if not faces:
             continue
@@ -175,46 +195,45 @@ def measure_margin(
     truth_arr = np.array(truth)
     present = sorted(set(truth))
     results = {}
-    spec = classifier.spec
-    for align in aligns:
-        for m in margins:
-            crops = np.stack(
-                [
-                    crop_face(
-                        img,
-                        (d.x, d.y, d.w, d.h),
-                        m,
-                        spec.input_size,
-                        spec.channels,
-                        d.eyes() if align == "eyes" else None,
-                    )
-                    for img, d in zip(images, found, strict=True)
-                ]
-            )
-            probs = classifier.infer(crops)
-            pred = probs.argmax(1)
-            correct = int((pred == truth_arr).sum())
-            cm = confusion_matrix(truth_arr, pred, len(classifier.labels))
-            recall = {classifier.labels[k]: round(float(cm[k, k] / cm[k].sum()), 4) for k in present}
-            predicted: list[tuple[str | None, float]] = [(None, 0.0)] * len(rows)  # None: no face found
-            for i, k, p in zip(kept, pred, probs.max(1), strict=True):
-                predicted[i] = (classifier.labels[k], round(float(p), 4))
-            results[(align, m)] = {
-                "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
-                "accuracy_detected": correct / max(len(truth), 1),
-                "faces": len(truth),
-                "photos": len(rows),
-                "recall": recall,  # over the photos with a face
-                "confusion_matrix": cm.tolist(),
-                "labels": classifier.labels,
-                # (file, label, prediction or None, its confidence) per photo
-                "per_photo": [(r["file"], r["emotion"], *k) for r, k in zip(rows, predicted, strict=True)],
-            }
-            print(
-                f"align {align:4} margin {m:.2f}: accuracy {results[(align, m)]['accuracy']:.3f} over "
-                f"{len(rows)} labelled photos ({len(truth)} with a face); recall "
-                + ", ".join(f"{k} {v:.2f}" for k, v in recall.items())
-            )
+    candidates = {("own", 0.0): classifier.spec} if own_crop else {}  # (align, margin or zoom) -> spec with that crop
+    for align in () if own_crop else aligns:
+        for value in zooms if align == "landmarks" else margins:
+            spec = dataclasses.replace(classifier.spec, align=align)
+            if align == "landmarks":
+                spec = dataclasses.replace(spec, face_template=zoom_template(FER2013_LANDMARKS, value))
+            else:
+                spec = dataclasses.replace(spec, crop_margin=value)
+            candidates[(align, value)] = spec
+    for (align, value), spec in candidates.items():
+        probs = classifier.infer(np.stack([crop_for(img, d, spec) for img, d in zip(images, found, strict=True)]))
+        pred = probs.argmax(1)
+        correct = int((pred == truth_arr).sum())
+        cm = confusion_matrix(truth_arr, pred, len(classifier.labels))
+        recall = {classifier.labels[k]: round(float(cm[k, k] / cm[k].sum()), 4) for k in present}
+        predicted: list[tuple[str | None, float]] = [(None, 0.0)] * len(rows)  # None: no face found
+        for i, k, p in zip(kept, pred, probs.max(1), strict=True):
+            predicted[i] = (classifier.labels[k], round(float(p), 4))
+        results[(align, value)] = {
+            "accuracy": correct / max(len(rows), 1),  # photos without a detected face count as wrong
+            "accuracy_detected": correct / max(len(truth), 1),
+            "faces": len(truth),
+            "photos": len(rows),
+            "recall": recall,  # over the photos with a face
+            "confusion_matrix": cm.tolist(),
+            "labels": classifier.labels,
+            # (file, label, prediction or None, its confidence) per photo
+            "per_photo": [(r["file"], r["emotion"], *k) for r, k in zip(rows, predicted, strict=True)],
+        }
+        crop = (
+            "the file's crop"
+            if own_crop
+            else f"align {align:9} {'zoom' if align == 'landmarks' else 'margin'} {value:.2f}"
+        )
+        print(
+            f"{'framed: ' if frame else ''}{crop}: accuracy "
+            f"{results[(align, value)]['accuracy']:.3f} over {len(rows)} labelled photos ({len(truth)} with a "
+            "face); recall " + ", ".join(f"{k} {v:.2f}" for k, v in recall.items())
+        )
     return results
 
 
@@ -241,10 +260,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--yunet", default=None, help="YuNet model for the margin measurement (Haar if absent)")
     p.add_argument(
         "--align",
-        choices=["auto", "none", "eyes"],
+        choices=["auto", "none", "eyes", "landmarks"],
         default="auto",
-        help="turn crops so the eyes are level (YuNet landmarks); auto: measure both on --photos and keep the "
-        "better (default auto; 'none' without --photos)",
+        help="eyes: turn crops so the eyes are level; landmarks: frame them by YuNet's five landmarks as FER2013's "
+        "faces are framed; auto: measure all three on --photos and keep the best (default auto; 'none' without "
+        "--photos)",
     )
     p.add_argument("--version", default="1")
     p.set_defaults(func=run)
@@ -260,7 +280,7 @@ def add_tta_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output .onnx (may be the same path)")
     p.add_argument("--photos", default=None, help="labelled photos: choose the crop again, as `export --photos`")
     p.add_argument("--yunet", default=None, help="YuNet model for that measurement (Haar if absent)")
-    p.add_argument("--align", choices=["auto", "none", "eyes"], default="auto")
+    p.add_argument("--align", choices=["auto", "none", "eyes", "landmarks"], default="auto")
     p.set_defaults(func=_run_tta)
 
 
@@ -286,27 +306,44 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.photos:
         choose_crop(path, args.photos, args.yunet, args.align)
-    elif args.align == "eyes":
-        set_metadata(path, align="eyes")
+    elif args.align in ("eyes", "landmarks"):
+        set_metadata(path, align=args.align)
     print(f"wrote {path}")
     return 0
 
 
 def choose_crop(path: str | Path, photos: str | Path, yunet: str | None, align: str = "auto") -> None:
-    """Measure every crop margin (and, with `align` auto and YuNet, both alignments) end to end on the labelled
-    photos and write the best into the file, with the whole search and the chosen crop's recall per class."""
+    """Measure every crop (margins; with `align` auto and YuNet, eye-levelled crops and landmark-framed ones too)
+    end to end on the labelled photos as they are and in a grey frame, and write into the file the crop with the
+    best mean of the two, with the whole search and the chosen crop's recall per class (on the photos as they are).
+
+    The frame matters: the photos are tight crops of faces, where every margin from 0.1 up cuts the same whole
+    image, so on them alone the margin is barely measured; in a frame, as users' photos and webcams show faces,
+    a margin too wide shows the model a smaller face than it was trained on."""
     yunet = yunet if yunet and Path(yunet).exists() else None
-    aligns = ("none", "eyes") if align == "auto" and yunet else (align if align != "auto" else "none",)
-    results = measure_margin(path, photos, yunet, aligns=aligns)
-    best_align, margin = max(results, key=lambda k: results[k]["accuracy"])
-    set_metadata(
-        path,
+    aligns = ("none", "eyes", "landmarks") if align == "auto" and yunet else (align if align != "auto" else "none",)
+    as_given = measure_margin(path, photos, yunet, aligns=aligns)
+    framed = measure_margin(path, photos, yunet, aligns=aligns, frame=FRAME)
+    score = {k: (as_given[k]["accuracy"] + framed[k]["accuracy"]) / 2 for k in as_given}
+    best_align, value = max(score, key=score.get)
+    # the box's margin also serves a "landmarks" model when a face comes without landmarks (the Haar detector)
+    margin = value if best_align != "landmarks" else max(MARGINS, key=lambda m: score.get(("none", m), 0.0))
+    values = dict(
         crop_margin=f"{margin:g}",
         align=best_align,
         margin_search=json.dumps(
-            {f"{a}/{m:g}" if len(aligns) > 1 else f"{m:g}": round(r["accuracy"], 4) for (a, m), r in results.items()}
+            {
+                f"{a}/{v:g}": [round(as_given[(a, v)]["accuracy"], 4), round(framed[(a, v)]["accuracy"], 4)]
+                for a, v in score
+            }
         ),
-        photo_recall=json.dumps(results[(best_align, margin)]["recall"]),
+        photo_recall=json.dumps(as_given[(best_align, value)]["recall"]),
     )
-    best = results[(best_align, margin)]["accuracy"]
-    print(f"chosen: align {best_align}, crop margin {margin:g} (accuracy {best:.3f})")
+    if best_align == "landmarks":
+        from server.classifier import FER2013_LANDMARKS
+
+        values["face_template"] = json.dumps(zoom_template(FER2013_LANDMARKS, value))
+    set_metadata(path, **values)
+    given, in_frame = as_given[(best_align, value)]["accuracy"], framed[(best_align, value)]["accuracy"]
+    name = "zoom" if best_align == "landmarks" else "crop margin"
+    print(f"chosen: align {best_align}, {name} {value:g} (accuracy {given:.3f} as given, {in_frame:.3f} framed)")

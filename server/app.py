@@ -132,6 +132,24 @@ class BugMiddleware:
             await JSONResponse({"detail": "internal server error"}, status_code=500)(scope, receive, send)
 
 
+class HeadAsGet:
+    """HEAD wherever GET is answered, as HTTP asks of every server (RFC 9110, 9.3.2) and uptime checks expect:
+    FastAPI's routes take GET alone, so a HEAD request runs as a GET here and only its status and headers go out."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: dict) -> None:
+            await send({**message, "body": b""} if message["type"] == "http.response.body" else message)
+
+        await self.app(dict(scope, method="GET"), receive, headers_only)
+
+
 # --- uploads ---------------------------------------------------------------------------------------------------
 
 
@@ -430,6 +448,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.pipeline = None
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyDeadlineMiddleware, total=settings.body_timeout, idle=settings.body_idle_timeout)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BugMiddleware)

@@ -212,6 +212,17 @@ def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Clie
     assert client.get("/app.js").status_code == 200  # the page's files are still served from the same mount
 
 
+def test_head_is_answered_wherever_get_is(client: httpx.Client) -> None:
+    """Uptime checks ask with HEAD: the same status and headers as GET, no body."""
+    for path in ("/healthz", "/model", "/", "/app.js", "/metrics"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    assert client.head("/model").headers["content-length"] == client.get("/model").headers["content-length"]
+    assert client.head("/no-such-page").status_code == 404
+    assert client.head("/predict").status_code == 405  # a POST route stays a POST route
+
+
 def test_placeholder_page_without_web_dir(model_path: Path, tmp_path: Path) -> None:
     with LiveServer(create_app(make_settings(model_path, "haar", web_dir=tmp_path / "no-web"))) as server:
         r = httpx.get(server.url + "/")

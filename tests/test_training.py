@@ -696,6 +696,21 @@ def test_command_line_reports_a_bad_input_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"python -m training: error: {missing}: no such file"]
 
 
+def test_command_line_without_torch_says_how_to_install_it():
+    """`emotion-train` is installed with the service, whose install has no torch: it says what to install."""
+    block_torch = "import sys; sys.modules['torch'] = None; sys.argv = ['emotion-train', 'train', '--help']; "
+    result = subprocess.run(
+        [sys.executable, "-c", block_torch + "from training.__main__ import cli; sys.exit(cli())"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("emotion-train: error: the training package needs torch") and "[train]" in line
+
+
 def test_module_entry_point_help():
     result = subprocess.run(
         [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120

@@ -7,8 +7,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from training.train import TrainConfig
-
 # What each TrainConfig field means, for `train --help` (the dataclass holds the defaults).
 HELP = {
     "data": "fer2013.csv(.gz) (Kaggle layout) or, with --source folder, a root of <split>/<emotion>/*.png|jpg",
@@ -44,6 +42,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "prints PublicTest accuracy per head, writes OUT/last.pt (resume point), OUT/best_<head>.pt "
         "(best PublicTest accuracy) and OUT/history.json; the schedule's last epoch also writes OUT/final_<head>.pt.",
     )
+    from training.train import TrainConfig  # noqa: PLC0415
+
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
@@ -73,6 +73,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.train import TrainConfig  # noqa: PLC0415  (torch: cli() says how to install it if it is missing)
+
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -104,10 +106,26 @@ def cli() -> int:
     ends in one line on stderr and exit status 2 instead of a traceback; `main` itself raises, for callers."""
     try:
         return main()
+    except ModuleNotFoundError as exc:  # the service's install has no [train] extra
+        if exc.name not in TRAIN_EXTRA:
+            raise
+        _error(
+            f"the training package needs {exc.name}, which is not installed; install PyTorch, then the train extra: "
+            "pip install torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu && "
+            "pip install 'emotion-service[train]' (from a checkout: pip install -e '.[train]')"
+        )
     except (ValueError, FileNotFoundError) as exc:  # DataError, ModelError and the commands' checks are ValueErrors
-        prog = "emotion-train" if Path(sys.argv[0]).name == "emotion-train" else "python -m training"
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        _error(str(exc))
+    return 2
+
+
+# The modules the [train] extra brings (pyproject.toml) that `python -m training` imports.
+TRAIN_EXTRA = ("torch", "onnx", "matplotlib", "tqdm")
+
+
+def _error(message: str) -> None:
+    prog = "emotion-train" if Path(sys.argv[0]).name == "emotion-train" else "python -m training"
+    print(f"{prog}: error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

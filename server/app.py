@@ -32,7 +32,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from server import live
 from server.access import add_access_middleware
@@ -504,19 +504,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Mounted last: a mount at "/" matches every path, so routes added after it would never be reached.
     if web_dir.is_dir():
         api = {r.path: set(r.methods) for r in [*router.routes, *app.routes] if isinstance(r, Route) and r.methods}
-        app.mount("/", WebFiles(api, directory=web_dir, html=True), name="web")
+        sockets = {r.path for r in [*live.router.routes, *app.routes] if isinstance(r, WebSocketRoute)}
+        app.mount("/", WebFiles(api, sockets, directory=web_dir, html=True), name="web")
     return app
 
 
 class WebFiles(StaticFiles):
-    """The page's files. An API path asked with another method gets 405 and an Allow header, not the 404 the
-    mount at "/" would otherwise answer (Starlette hands a method mismatch on to the next matching route)."""
+    """The page's files. An API path asked with another method gets 405 and an Allow header, and a WebSocket path
+    asked over plain HTTP 426, not the 404 the mount at "/" would otherwise answer (Starlette hands a method or
+    protocol mismatch on to the next matching route)."""
 
-    def __init__(self, api_methods: dict[str, set[str]], **kwargs: Any):
+    def __init__(self, api_methods: dict[str, set[str]], sockets: set[str] = frozenset(), **kwargs: Any):
         super().__init__(**kwargs)
         self.api_methods = api_methods
+        self.sockets = sockets
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] in self.sockets:
+            detail = f"{scope['path']} is a WebSocket route: connect with a WebSocket client (ws:// or wss://)"
+            answer = JSONResponse({"detail": detail}, status_code=426, headers={"Upgrade": "websocket"})
+            await answer(scope, receive, send)
+            return
         allowed = self.api_methods.get(scope["path"]) if scope["type"] == "http" else None
         if allowed and scope["method"] not in allowed:
             methods = ", ".join(sorted(allowed))

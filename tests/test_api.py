@@ -210,6 +210,8 @@ def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Clie
         assert f"use {allowed}" in r.json()["detail"]
     assert client.get("/no-such-page").status_code == 404
     assert client.get("/app.js").status_code == 200  # the page's files are still served from the same mount
+    r = client.get("/ws")  # the live route, asked without the WebSocket upgrade
+    assert r.status_code == 426 and r.headers["upgrade"] == "websocket" and "WebSocket client" in r.json()["detail"]
 
 
 def test_head_is_answered_wherever_get_is(client: httpx.Client) -> None:

@@ -63,7 +63,7 @@ ERROR_RESPONSES = error_responses(
         401: "API key missing or wrong (only when the server has one)",
         408: "The request body did not arrive in time",
         413: "Over the byte or pixel limit",
-        415: "Not an image content type",
+        415: "Not an image content type, or an image format the service does not decode (GIF, TIFF, HEIC, ...)",
         422: "Missing `file` field or invalid parameter",
         503: "Server busy: the work queue is full; retry after the Retry-After seconds",
     }

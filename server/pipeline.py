@@ -82,6 +82,23 @@ def image_format_and_size(data: bytes) -> tuple[str, int, int] | None:
     return None
 
 
+def other_image_format(data: bytes) -> str | None:
+    """The name of a common image format the service does not decode, from its signature (for a 415, not a 400)."""
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1"):
+        return "HEIC"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    if data[:4] == b"%PDF":
+        return "PDF"
+    if data.lstrip()[:5].lower() in (b"<?xml", b"<svg "):
+        return "SVG"
+    return None
+
+
 def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
     i, n = 2, len(data)
     while i + 4 <= n:
@@ -136,6 +153,8 @@ def decode_image(data: bytes, settings: Settings | None = None, *, max_pixels: i
     if settings is not None and len(data) > settings.max_upload_bytes:
         raise InputError(413, f"image is {len(data)} bytes, over the limit of {settings.max_upload_bytes} bytes")
     header = image_format_and_size(data)
+    if header is None and (other := other_image_format(data)):
+        raise InputError(415, f"{other} images are not supported: send {SUPPORTED_FORMATS}")
     if header is None:
         raise InputError(400, f"could not decode the image: not a readable {SUPPORTED_FORMATS} file")
     fmt, w, h = header

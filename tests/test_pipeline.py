@@ -100,11 +100,28 @@ def test_pixel_and_byte_limits_follow_settings(astronaut_jpeg: bytes) -> None:
     assert decode_image(astronaut_jpeg, Settings(max_pixels=512 * 512)).shape == (512, 512, 3)
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world", b"GIF89a" + b"\x00" * 50, b"\xff\xd8\xff"])
+@pytest.mark.parametrize("data", [b"", b"hello world", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"])
 def test_refuses_undecodable_bytes(data: bytes) -> None:
     with pytest.raises(InputError) as err:
         decode_image(data, Settings())
     assert err.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("GIF", b"GIF89a" + b"\x00" * 50),
+        ("TIFF", cv2.imencode(".tiff", np.zeros((8, 8, 3), np.uint8))[1].tobytes()),
+        ("HEIC", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40),
+        ("AVIF", b"\x00\x00\x00\x1cftypavif" + b"\x00" * 40),
+        ("SVG", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'),
+        ("PDF", b"%PDF-1.7\n"),
+    ],
+)
+def test_a_known_but_unsupported_format_is_415_by_name(name: str, data: bytes) -> None:
+    with pytest.raises(InputError) as err:
+        decode_image(data, Settings())
+    assert err.value.status_code == 415 and err.value.detail.startswith(f"{name} images are not supported")
 
 
 def test_refuses_a_truncated_image(astronaut_jpeg: bytes) -> None:

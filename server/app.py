@@ -98,8 +98,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.http_in_flight.dec()
-            route = getattr(scope.get("route"), "path", None)
-            route = "static" if route == "" else route or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if scope.get(WebFiles.SERVED) and status < 400:
+                route = "static"  # the page's files (FastAPI sets no "route" for a mount)
             self.metrics.http_requests.labels(method=scope["method"], route=route, status=str(status)).inc()
             self.metrics.http_duration.labels(route=route).observe(time.perf_counter() - start)
 
@@ -147,7 +148,11 @@ class HeadAsGet:
         async def headers_only(message: dict) -> None:
             await send({**message, "body": b""} if message["type"] == "http.response.body" else message)
 
-        await self.app(dict(scope, method="GET"), receive, headers_only)
+        inner = dict(scope, method="GET")
+        try:
+            await self.app(inner, receive, headers_only)
+        finally:  # what routing added (the route matched), for the metrics middleware outside, which reads this scope
+            scope.update({k: v for k, v in inner.items() if k != "method"})
 
 
 # --- uploads ---------------------------------------------------------------------------------------------------
@@ -504,6 +509,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Mounted last: a mount at "/" matches every path, so routes added after it would never be reached.
     if web_dir.is_dir():
         api = {r.path: set(r.methods) for r in [*router.routes, *app.routes] if isinstance(r, Route) and r.methods}
+        api = {path: methods | {"HEAD"} if "GET" in methods else methods for path, methods in api.items()}  # HeadAsGet
         sockets = {r.path for r in [*live.router.routes, *app.routes] if isinstance(r, WebSocketRoute)}
         app.mount("/", WebFiles(api, sockets, directory=web_dir, html=True), name="web")
     return app
@@ -513,6 +519,8 @@ class WebFiles(StaticFiles):
     """The page's files. An API path asked with another method gets 405 and an Allow header, and a WebSocket path
     asked over plain HTTP 426, not the 404 the mount at "/" would otherwise answer (Starlette hands a method or
     protocol mismatch on to the next matching route)."""
+
+    SERVED = "emotion.web_files"  # scope key set on the requests that reach the page's files, for the metrics
 
     def __init__(self, api_methods: dict[str, set[str]], sockets: set[str] = frozenset(), **kwargs: Any):
         super().__init__(**kwargs)
@@ -526,6 +534,7 @@ class WebFiles(StaticFiles):
             await answer(scope, receive, send)
             return
         allowed = self.api_methods.get(scope["path"]) if scope["type"] == "http" else None
+        scope[self.SERVED] = not allowed
         if allowed and scope["method"] not in allowed:
             methods = ", ".join(sorted(allowed))
             detail = f"method {scope['method']} is not allowed on {scope['path']}: use {methods}"

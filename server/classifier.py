@@ -40,8 +40,9 @@ class ModelSpec:
     std: list[float]
     crop_margin: float
     metadata: dict[str, str] = field(default_factory=dict)
-    align: str = "none"  # optional key: "eyes" turns each crop so the eyes are level, "landmarks" frames it by the
-    # five landmarks (both need YuNet's landmarks; without them the crop is the box plus crop_margin), "none"
+    # Optional: "eyes" turns each crop so the eyes are level, "landmarks" frames it by the five landmarks at
+    # face_template (both need YuNet's landmarks; without them the crop is the box plus crop_margin), "none".
+    align: str = "none"
     face_template: tuple[tuple[float, float], ...] = FER2013_LANDMARKS  # optional key, for align "landmarks"
 
     @classmethod
@@ -100,13 +101,23 @@ class ModelSpec:
             points = np.asarray(template, dtype=np.float64)
         except (TypeError, ValueError):
             points = np.zeros(0)
-        if points.shape != (5, 2) or not np.isfinite(points).all() or np.ptp(points, axis=0).min() <= 0:
+        if not _plausible_template(points):
             raise ModelError(
-                "model metadata 'face_template' must be five distinct [x, y] points (fractions of the input), "
-                f"got {meta.get('face_template')!r}"
+                "model metadata 'face_template' must be five [x, y] points in [0, 1] (fractions of the crop) laid "
+                "out as a face: right eye left of left eye, eyes above the nose tip, nose above the mouth corners "
+                f"(right one on the left); got {meta.get('face_template')!r}"
             )
         template = tuple((float(x), float(y)) for x, y in points)
         return cls(labels, (size[0], size[1]), channels, mean, std, margin, dict(meta), align, template)
+
+
+def _plausible_template(points: np.ndarray) -> bool:
+    """Five points in [0, 1], in the image-left-to-right order of a face seen from the front (the person's right
+    eye first); so a template in pixels, mirrored or upside down, is refused."""
+    if points.shape != (5, 2) or not np.isfinite(points).all() or points.min() < 0 or points.max() > 1:
+        return False
+    (rex, rey), (lex, ley), (nx, ny), (rmx, rmy), (lmx, lmy) = points
+    return rex < lex and rmx < lmx and max(rey, ley) < ny < min(rmy, lmy) and rex < nx < lex
 
 
 def _json(meta: dict[str, str], key: str) -> object:

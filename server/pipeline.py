@@ -189,20 +189,46 @@ def square_box(box: Sequence[float], margin: float, width: int, height: int) -> 
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
-def landmark_box(
-    landmarks: Sequence[float], template: Sequence[Sequence[float]], width: int, height: int
-) -> tuple[int, int, int, int]:
-    """The crop region (x0, y0, x1, y1) for ``align: landmarks``: the square whose ``template`` points (fractions
-    of its side) best match the five ``landmarks`` (x, y, ... in image pixels) by scale and shift alone (least
-    squares on the centres, the side from the points' spread), clamped to the image as `square_box` is."""
+def landmark_square(landmarks: Sequence[float], template: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """(x0, y0, side) of the square that puts ``template`` (points as fractions of its side) on the five
+    ``landmarks`` (x, y, ... in image pixels) by scale and shift alone: its side is the ratio of the two point sets'
+    spreads (root-mean-square distance from their centroid), and it puts the template's centroid on the landmarks'.
+    """
     points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
     target = np.asarray(template, dtype=np.float64).reshape(-1, 2)
-    spread = max(2.0, float(np.sqrt(((points - points.mean(0)) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())))
-    x0, y0 = points.mean(0) - target.mean(0) * spread
-    x1, y1 = x0 + spread, y0 + spread
-    x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
-    x1, y1 = min(width, int(round(x1))), min(height, int(round(y1)))
-    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+    side = float(np.sqrt(((points - points.mean(0)) ** 2).sum() / ((target - target.mean(0)) ** 2).sum()))
+    x0, y0 = points.mean(0) - target.mean(0) * side
+    return float(x0), float(y0), side
+
+
+def landmark_box(
+    landmarks: Sequence[float], template: Sequence[Sequence[float]], box: Sequence[float], width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """The crop region (x0, y0, x1, y1) for ``align: landmarks``: `landmark_square`, clamped to the image as
+    `square_box` is. None when the landmarks do not fit the face's ``box`` (x, y, w, h): a square under half or
+    over twice the box's longer side, or centred outside the box, is a landmark slip, not a face."""
+    x0, y0, side = landmark_square(landmarks, template)
+    x, y, w, h = (float(v) for v in box)
+    cx, cy = x0 + side / 2.0, y0 + side / 2.0
+    if not (0.5 * max(w, h) <= side <= 2.0 * max(w, h) and x <= cx <= x + w and y <= cy <= y + h):
+        return None
+    left, top = min(max(0, int(round(x0))), width - 1), min(max(0, int(round(y0))), height - 1)
+    right, bottom = min(width, int(round(x0 + side))), min(height, int(round(y0 + side)))
+    return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def face_region(
+    box: Sequence[float],
+    margin: float,
+    width: int,
+    height: int,
+    landmarks: Sequence[float] | None = None,
+    template: Sequence[Sequence[float]] = FER2013_LANDMARKS,
+) -> tuple[int, int, int, int]:
+    """The unturned crop region: placed by the ``landmarks`` when given and plausible (`landmark_box`), else the
+    ``box`` plus ``margin`` (`square_box`)."""
+    region = landmark_box(landmarks, template, box, width, height) if landmarks is not None else None
+    return region or square_box(box, margin, width, height)
 
 
 # Eye lines steeper than this are more likely a landmark slip than a head that far over: leave those faces as they are.
@@ -231,8 +257,11 @@ def crop_face(
     With ``eyes`` (the detector's right and left eye), the square is turned about the box centre so the eyes are
     level, as the model's ``align: eyes`` metadata asks; pixels the turn brings in from outside the image repeat
     the border. With ``landmarks`` (the detector's five points), the square is the one that puts them at
-    ``template``, as ``align: landmarks`` asks (`landmark_box`); the margin is then unused.
+    ``template``, as ``align: landmarks`` asks (`face_region`: the margin serves only if they do not fit the box).
+    A face is either turned or framed by its landmarks, not both.
     """
+    if eyes is not None and landmarks is not None:
+        raise ValueError("crop_face takes eyes (to turn the crop) or landmarks (to frame it), not both")
     if isinstance(box, Box):
         box = (box.x, box.y, box.w, box.h)
     out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -244,11 +273,7 @@ def crop_face(
         rot[:, 2] += side / 2.0 - np.array([x + w / 2.0, y + h / 2.0])  # the box centre lands mid-square
         region = cv2.warpAffine(image, rot, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     else:
-        height, width = image.shape[:2]
-        if landmarks is not None:
-            x0, y0, x1, y1 = landmark_box(landmarks, template, width, height)
-        else:
-            x0, y0, x1, y1 = square_box(box, margin, width, height)
+        x0, y0, x1, y1 = face_region(box, margin, image.shape[1], image.shape[0], landmarks, template)
         region = image[y0:y1, x0:x1]
     if channels == 1:
         if region.ndim == 3:
@@ -279,9 +304,8 @@ def crop_for(image: np.ndarray, d: Detection, spec: ModelSpec) -> np.ndarray:
 
 def crop_region(d: Detection, spec: ModelSpec, width: int, height: int) -> tuple[int, int, int, int]:
     """The (x0, y0, x1, y1) region `crop_for` cuts when it does not turn the face (every alignment but eyes)."""
-    if spec.align == "landmarks" and d.landmarks is not None:
-        return landmark_box(d.landmarks, spec.face_template, width, height)
-    return square_box((d.x, d.y, d.w, d.h), spec.crop_margin, width, height)
+    landmarks = d.landmarks if spec.align == "landmarks" else None
+    return face_region((d.x, d.y, d.w, d.h), spec.crop_margin, width, height, landmarks, spec.face_template)
 
 
 def valence_arousal(probabilities: dict[str, float]) -> tuple[float, float]:

@@ -202,7 +202,7 @@ def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Clie
     for method, path, allowed in [
         ("GET", "/predict", "POST"),
         ("GET", "/predict/video", "POST"),
-        ("PUT", "/model", "GET"),
+        ("PUT", "/model", "GET, HEAD"),
     ]:
         r = client.request(method, path)
         assert r.status_code == 405, (method, path, r.status_code)
@@ -223,6 +223,12 @@ def test_head_is_answered_wherever_get_is(client: httpx.Client) -> None:
     assert client.head("/model").headers["content-length"] == client.get("/model").headers["content-length"]
     assert client.head("/no-such-page").status_code == 404
     assert client.head("/predict").status_code == 405  # a POST route stays a POST route
+    # Counted under their route and their own method, not as unmatched paths.
+    metrics = client.get("/metrics").text
+    assert 'emotion_http_requests_total{method="HEAD",route="/healthz",status="200"} 1.0' in metrics
+    assert 'emotion_http_requests_total{method="HEAD",route="static",status="200"} 1.0' in metrics  # /app.js
+    assert 'emotion_http_requests_total{method="HEAD",route="unmatched",status="404"} 1.0' in metrics
+    assert 'method="HEAD",route="unmatched",status="200"' not in metrics
 
 
 def test_placeholder_page_without_web_dir(model_path: Path, tmp_path: Path) -> None:

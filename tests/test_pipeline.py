@@ -23,8 +23,10 @@ from server.pipeline import (
     crop_for,
     crop_region,
     decode_image,
+    face_region,
     image_format_and_size,
     landmark_box,
+    landmark_square,
     square_box,
     valence_arousal,
 )
@@ -144,16 +146,51 @@ def test_square_box_adds_margin_and_clamps() -> None:
 
 def test_landmark_box_puts_the_landmarks_where_the_template_has_them() -> None:
     template = np.array(FER2013_LANDMARKS)
-    # A face whose landmarks are the template at 200 px, shifted by (30, 50): the square is exactly that one.
-    assert landmark_box((template * 200 + (30, 50)).ravel(), FER2013_LANDMARKS, 1000, 1000) == (30, 50, 230, 250)
-    # Scale and shift alone: a wider-eyed face or a tilted one gets the least-squares square, never a turned one.
-    tilted = template * 200 + (30, 50) + np.array([[0, -6], [0, 6], [0, 0], [0, -6], [0, 6]])
-    x0, y0, x1, y1 = landmark_box(tilted.ravel(), FER2013_LANDMARKS, 1000, 1000)
+    face = template * 200 + (30, 50)  # the template at 200 px, shifted by (30, 50): a box YuNet could give for it
+    box = (50, 55, 160, 190)
+    assert landmark_box(face.ravel(), FER2013_LANDMARKS, box, 1000, 1000) == (30, 50, 230, 250)
+    assert landmark_square(face.ravel(), FER2013_LANDMARKS) == pytest.approx((30, 50, 200))
+    # Scale and shift alone: a tilted face gets the square of the same spread and centroid, never a turned one.
+    tilted = face + np.array([[0, -6], [0, 6], [0, 0], [0, -6], [0, 6]])
+    x0, y0, x1, y1 = landmark_box(tilted.ravel(), FER2013_LANDMARKS, box, 1000, 1000)
     assert x1 - x0 == y1 - y0 and abs(x0 - 30) <= 3 and abs(y0 - 50) <= 3 and 195 <= x1 - x0 <= 215
     # A face at the border: clamped to the image as square_box is; a zoomed template gives a tighter square.
-    assert landmark_box((template * 200 - (20, 0)).ravel(), FER2013_LANDMARKS, 150, 1000) == (0, 0, 150, 200)
+    assert landmark_box((face - (50, 50)).ravel(), FER2013_LANDMARKS, (0, 5, 160, 190), 150, 1000) == (0, 0, 150, 200)
     zoomed = [(0.5 + (x - 0.5) * 1.25, 0.5 + (y - 0.5) * 1.25) for x, y in FER2013_LANDMARKS]
-    assert landmark_box((template * 200).ravel(), zoomed, 1000, 1000) == (20, 20, 180, 180)
+    assert landmark_box(face.ravel(), zoomed, box, 1000, 1000) == (50, 70, 210, 230)
+
+
+@pytest.mark.parametrize(
+    ("why", "points"),
+    [
+        ("all on one point", np.full((5, 2), 120.0)),
+        ("a face four times the box", np.array(FER2013_LANDMARKS) * 800),
+        ("beside the box", np.array(FER2013_LANDMARKS) * 200 + (400, 50)),
+    ],
+)
+def test_landmarks_that_do_not_fit_the_box_fall_back_to_the_box_crop(why: str, points: np.ndarray) -> None:
+    box = (50, 55, 160, 190)
+    assert landmark_box(points.ravel(), FER2013_LANDMARKS, box, 500, 500) is None, why
+    assert face_region(box, 0.1, 500, 500, points.ravel()) == square_box(box, 0.1, 500, 500)
+    image = np.random.default_rng(0).integers(0, 255, (500, 500, 3), np.uint8)
+    np.testing.assert_array_equal(
+        crop_face(image, box, 0.1, 40, 1, landmarks=points.ravel()), crop_face(image, box, 0.1, 40, 1)
+    )
+
+
+def test_landmark_square_at_the_image_edge_still_cuts_pixels() -> None:
+    """YuNet's points are not clipped with its box: a face cut by the right edge of a 500 px image keeps a square
+    that reaches past it, clamped; even a square starting on the last column keeps one column of the image."""
+    image = np.zeros((500, 500, 3), np.uint8)
+    for box, points in [
+        ((480, 20, 20, 80), np.array(FER2013_LANDMARKS) * 100 + (445, 10)),  # centred at x 495
+        ((499.5, 100, 1, 1), np.array(FER2013_LANDMARKS) * 0.9 + (499.55, 100)),  # starts at x 499.55
+    ]:
+        x0, y0, x1, y1 = landmark_box(points.ravel(), FER2013_LANDMARKS, box, 500, 500)
+        assert 0 <= x0 < x1 <= 500 and 0 <= y0 < y1 <= 500
+        assert crop_face(image, box, 0.0, 40, 1, landmarks=points.ravel()).shape == (40, 40)
+    with pytest.raises(ValueError, match="not both"):
+        crop_face(image, box, 0.0, 40, 1, eyes=((480, 40), (495, 40)), landmarks=points.ravel())
 
 
 def test_landmark_crop_frames_a_face_the_same_whatever_surrounds_it(yunet_path: Path, astronaut_bgr) -> None:
@@ -367,7 +404,7 @@ def test_model_align_metadata_reaches_the_crop(make_model, yunet_path: Path, ast
     assert len({tuple(r.probabilities.values()) for r in results.values()}) == 3
     # landmarks: exactly the square landmark_box places (FER2013's template unless the file gives its own)
     d = pipeline.detect(turned)[0]
-    region = landmark_box(d.landmarks, FER2013_LANDMARKS, 512, 512)
+    region = landmark_box(d.landmarks, FER2013_LANDMARKS, (d.x, d.y, d.w, d.h), 512, 512)
     assert crop_region(d, clf.spec, 512, 512) == region
     x0, y0, x1, y1 = region
     expected = cv2.resize(
@@ -378,13 +415,22 @@ def test_model_align_metadata_reaches_the_crop(make_model, yunet_path: Path, ast
     spec = EmotionClassifier(
         make_model("own.onnx", metadata={"align": "landmarks", "face_template": json.dumps(own)})
     ).spec
-    assert spec.face_template == tuple(map(tuple, own)) and crop_region(d, spec, 512, 512) != region
+    assert spec.face_template == tuple(map(tuple, own))
+    own_region = landmark_box(d.landmarks, own, (d.x, d.y, d.w, d.h), 512, 512)
+    assert crop_region(d, spec, 512, 512) == own_region != region
+    x0, y0, x1, y1 = own_region
+    by_hand = cv2.resize(cv2.cvtColor(turned[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(crop_for(turned, d, spec), by_hand)
     # Without landmarks (the Haar detector) a "landmarks" model gets the box plus its margin.
     bare = Detection(d.x, d.y, d.w, d.h, d.score)
     assert crop_region(bare, spec, 512, 512) == square_box((d.x, d.y, d.w, d.h), spec.crop_margin, 512, 512)
     assert EmotionClassifier(make_model("absent.onnx")).spec.align == "none"  # older files: no key, no turn
     with pytest.raises(ModelError, match="'align' must be one of"):
         EmotionClassifier(make_model("bad.onnx", metadata={"align": "nose"}))
-    for bad in ("[[0.3, 0.4]]", "[[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]", '"eyes"', "[1, 2"):
+    mirrored = [[1 - x, y] for x, y in own]
+    upside_down = [[x, 1 - y] for x, y in own]
+    in_pixels = [[48 * x, 48 * y] for x, y in own]
+    same_point = [[0.5, 0.5]] * 5
+    for bad in ("[[0.3, 0.4]]", '"eyes"', "[1, 2", *map(json.dumps, (same_point, mirrored, upside_down, in_pixels))):
         with pytest.raises(ModelError, match="face_template"):
             EmotionClassifier(make_model("bad.onnx", metadata={"align": "landmarks", "face_template": bad}))

@@ -228,13 +228,24 @@ def cmd_image(args: argparse.Namespace) -> int:
     return status
 
 
-def save_crop(directory: Path, t: float, face: Face, image: np.ndarray, every: float, margin: float) -> Path:
-    """The face as a 48x48 gray PNG named ``HH-MM-SS_<emotion>.png`` after its time (``--crops``)."""
+def save_crop(
+    directory: Path, t: float, face: Face, image: np.ndarray, every: float, pipeline: EmotionPipeline
+) -> Path:
+    """The face as the model was shown it (its crop: box, margin or landmarks), as a 48x48 gray PNG named
+    ``HH-MM-SS_<emotion>.png`` after its time (``--crops``)."""
+    import dataclasses
+
     import cv2
 
-    from server.pipeline import crop_face
+    from server.detector import Detection
+    from server.pipeline import crop_for, face_iou
 
-    crop = crop_face(image, face.box, margin, CROP_SIZE, 1)
+    b = face.box
+    answered = Detection(b.x, b.y, b.w, b.h, face.detection_score)
+    # The answer has the box, not the landmarks the crop may have used: the same face, found again, has them.
+    found = max(pipeline.detect(image), key=lambda d: face_iou(d, answered), default=None)
+    spec = dataclasses.replace(pipeline.classifier.spec, input_size=(CROP_SIZE, CROP_SIZE), channels=1)
+    crop = crop_for(image, found if found is not None and face_iou(found, answered) > 0.5 else answered, spec)
     stamp = format_timestamp(t, every).replace(":", "-")
     path = directory / f"{stamp}_{face.emotion}.png"
     if not cv2.imwrite(str(path), crop):
@@ -276,7 +287,6 @@ def cmd_video(args: argparse.Namespace) -> int:
     tracker = load_tracker(args, settings)
     pipeline = load_pipeline(settings)
     make_crops_dir(args.crops)
-    margin = pipeline.classifier.spec.crop_margin
     try:
         analysis = VideoAnalysis.open(path, pipeline, args.every, tracker=tracker)  # local files: no upload limits
     except InputError as exc:
@@ -294,7 +304,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             for item in analysis:
                 frame = item.result
                 if args.crops is not None and frame.faces:
-                    save_crop(args.crops, frame.t, frame.faces[0], item.sample.image, args.every, margin)
+                    save_crop(args.crops, frame.t, frame.faces[0], item.sample.image, args.every, pipeline)
                 if args.json:
                     frames.append(frame)
                 else:
@@ -340,7 +350,6 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     tracker = load_tracker(args, settings)
     pipeline = load_pipeline(settings)
     make_crops_dir(args.crops)
-    margin = pipeline.classifier.spec.crop_margin
     cap = open_camera(args.device)
     # A file stands in for a camera at its own frame rate, so it gives one line per second too.
     fps = cap.get(cv2.CAP_PROP_FPS) if Path(args.device).is_file() else 0.0
@@ -369,7 +378,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
                 faces, _ = pipeline.predict(image)
                 faces = tracker.update(faces, elapsed)
                 if args.crops is not None and faces:
-                    save_crop(args.crops, slot, faces[0], image, args.every, margin)
+                    save_crop(args.crops, slot, faces[0], image, args.every, pipeline)
                 print(f"{format_timestamp(slot, args.every)}  {describe_faces(faces)}", flush=True)
                 next_at = slot + args.every
     except KeyboardInterrupt:

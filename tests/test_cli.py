@@ -297,3 +297,20 @@ def test_yunet_flag(
     assert bad.returncode == 1 and "sha256" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("image", photo, "--model", model_path, "--yunet", tmp_path / "none.onnx")
     assert missing.returncode == 1 and "YuNet model not found" in missing.stderr
+
+
+def test_saved_crop_is_the_crop_the_model_was_shown(
+    yunet_path: Path, astronaut_bgr: np.ndarray, tmp_path: Path
+) -> None:
+    """--crops saves what the classifier saw: with the shipped (landmark-framed) model, the landmark square."""
+    import dataclasses
+
+    from server.cli import CROP_SIZE, save_crop
+    from server.pipeline import EmotionPipeline, crop_for
+
+    pipeline = EmotionPipeline.from_settings(make_settings(ROOT / "models/emotion_ferplus.onnx", "yunet", yunet_path))
+    assert pipeline.classifier.spec.align == "landmarks"
+    [face], _ = pipeline.predict(astronaut_bgr)
+    saved = cv2.imread(str(save_crop(tmp_path, 3.0, face, astronaut_bgr, 1.0, pipeline)), cv2.IMREAD_UNCHANGED)
+    spec = dataclasses.replace(pipeline.classifier.spec, input_size=(CROP_SIZE, CROP_SIZE))
+    np.testing.assert_array_equal(saved, crop_for(astronaut_bgr, pipeline.detect(astronaut_bgr)[0], spec))

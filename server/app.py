@@ -330,6 +330,8 @@ async def model_info(request: Request) -> ModelInfo:
         mean=spec.mean,
         std=spec.std,
         crop_margin=spec.crop_margin,
+        align=spec.align,
+        face_template=[list(p) for p in spec.face_template] if spec.align == "landmarks" else None,
         metadata=spec.metadata,
         detector=pipeline.detector.name,
         detector_path=Path(pipeline.detector.path).name if pipeline.detector.path else None,
@@ -393,12 +395,13 @@ async def lifespan(app: FastAPI):
     pipeline = EmotionPipeline.from_settings(settings)
     spec = pipeline.classifier.spec
     log.info(
-        "model %s: %d labels %s, input %s x%d, crop margin %.2f",
+        "model %s: %d labels %s, input %s x%d, crop: align %s, margin %.2f",
         pipeline.classifier.path,
         len(spec.labels),
         spec.labels,
         spec.input_size,
         spec.channels,
+        spec.align,
         spec.crop_margin,
     )
     log.info(

@@ -111,7 +111,16 @@ class ModelInfo(BaseModel):
     channels: int
     mean: list[float]
     std: list[float]
-    crop_margin: float
+    crop_margin: float = Field(description="Margin around the face box (each side, times its longer side) of the crop.")
+    align: str = Field(
+        "none",
+        description="How each face is cropped: 'none' (box plus crop_margin), 'eyes' (turned so the eyes are level) "
+        "or 'landmarks' (the square that puts the five YuNet landmarks at face_template; the box plus crop_margin "
+        "for faces without landmarks).",
+    )
+    face_template: list[list[float]] | None = Field(
+        None, description="For align 'landmarks': where the crop puts right eye, left eye, nose tip, mouth corners."
+    )
     metadata: dict[str, str] = Field(description="All metadata_props of the ONNX file.")
     detector: str = Field(description="Face detector in use: 'yunet' or 'haar'.")
     detector_path: str | None = Field(None, description="File name of the detector's model (None: Haar).")

@@ -166,6 +166,12 @@ def test_model_health_ready(client: httpx.Client, model_path: Path) -> None:
     assert info["path"] == model_path.name  # the file name only: no absolute path leaves the server
     assert len(info["labels"]) >= 2 and len(info["input_size"]) == 2
     assert "labels" in info["metadata"]
+    # How faces are cropped, from the file: the shipped files frame faces by their landmarks.
+    assert info["align"] == info["metadata"].get("align", "none")
+    if info["align"] == "landmarks":
+        assert len(info["face_template"]) == 5 and all(0 <= v <= 1 for p in info["face_template"] for v in p)
+    else:
+        assert info["face_template"] is None
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["ready"] is True and ready["detector"] == "haar" and ready["model"] == model_path.name

@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--plot", default=None, help="folder for one confusion-matrix picture per file")
     args = p.parse_args()
     from training.evaluate import plot_confusion, report_from_confusion  # noqa: PLC0415  (the [train] extra)
-    from training.export import FRAME, measure_margin  # noqa: PLC0415
+    from training.export import FRAME, measure_crops  # noqa: PLC0415
 
     photos = Path(args.photos)
     if not (photos / "labels.csv").is_file():
@@ -76,8 +76,8 @@ def main() -> int:
         if spec.align == "landmarks":
             crop += f" (template {json.dumps(spec.face_template)})"
         print(f"{Path(path).name}: {crop}, detector {'YuNet' if yunet else 'Haar'}")
-        result = measure_margin(path, photos, yunet, own_crop=True)[("own", 0.0)]
-        framed = measure_margin(path, photos, yunet, own_crop=True, frame=FRAME)[("own", 0.0)]
+        result = measure_crops(path, photos, yunet, own_crop=True)[("own", 0.0)]
+        framed = measure_crops(path, photos, yunet, own_crop=True, frame=FRAME)[("own", 0.0)]
         labels, cm = result["labels"], result["confusion_matrix"]
         width = max(len(n) for n in labels) + 1
         print(f"  accuracy {result['accuracy']:.1%} of {result['photos']} photos ({result['faces']} with a face)")

@@ -28,7 +28,7 @@ from training_data import (  # noqa: E402
     write_image_folder,
 )
 
-from server.classifier import EmotionClassifier  # noqa: E402
+from server.classifier import FER2013_LANDMARKS, EmotionClassifier  # noqa: E402
 from server.pipeline import crop_face  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.data import (  # noqa: E402
@@ -42,7 +42,16 @@ from training.data import (  # noqa: E402
     resize_faces,
 )
 from training.evaluate import classification_report, evaluate_onnx, split_faces  # noqa: E402
-from training.export import FRAME, MARGINS, export_onnx, measure_margin, parity_check  # noqa: E402
+from training.export import (  # noqa: E402
+    FRAME,
+    MARGINS,
+    ZOOMS,
+    choose_crop,
+    export_onnx,
+    measure_crops,
+    parity_check,
+    zoom_template,
+)
 from training.metadata import read_metadata, set_metadata  # noqa: E402
 from training.model import EmotionNet, ExportWrapper, ModelConfig  # noqa: E402
 from training.train import TrainConfig, load_checkpoint, train  # noqa: E402
@@ -595,7 +604,7 @@ def test_flip_averaging_added_to_an_exported_file_matches_the_exported_one(tmp_p
     np.testing.assert_allclose(EmotionClassifier(newer).infer(faces), exported.infer(faces), atol=1e-5)
 
 
-def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
+def test_margin_search_on_labelled_photos(tmp_path, exported, trained, yunet_path):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) provides the astronaut photo")
     astronaut = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
     photos = tmp_path / "photos"
@@ -609,7 +618,7 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
         "astronaut.jpg,contempt\n"  # not a FER2013 label: skipped by the 7-class model
     )
     margins = (0.0, 0.1, 0.25)
-    results = measure_margin(exported["fer2013"], photos, yunet=None, margins=margins)
+    results = measure_crops(exported["fer2013"], photos, yunet=None, margins=margins)
     assert list(results) == [("none", m) for m in margins]
     for r in results.values():
         assert r["photos"] == 4 and r["faces"] == 3  # Haar finds the astronaut three times, nothing in the blank
@@ -621,7 +630,7 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
         assert cm[r["labels"].index("happy")].sum() == 2 and cm[r["labels"].index("neutral")].sum() == 1
 
     # The benchmark script prints the same numbers for the file's own margin, and draws the confusion matrix.
-    at = measure_margin(exported["fer2013"], photos, yunet=None, margins=(0.15,))[("none", 0.15)]  # its own margin
+    at = measure_crops(exported["fer2013"], photos, yunet=None, margins=(0.15,))[("none", 0.15)]  # its own margin
     bench = subprocess.run(
         [sys.executable, str(Path(__file__).parents[1] / "benchmarks/bench_photos.py"), str(exported["fer2013"])]
         + ["--photos", str(photos), "--yunet", "none", "--plot", str(tmp_path / "plots")],
@@ -632,7 +641,7 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     assert bench.returncode == 0, bench.stderr
     assert f"accuracy {at['accuracy']:.1%} of 4 photos (3 with a face)" in bench.stdout
     # ... and on the photos in a grey frame (where Haar, on a copy shrunk to its limit, finds fewer of the faces).
-    framed = measure_margin(exported["fer2013"], photos, yunet=None, own_crop=True, frame=FRAME)[("own", 0.0)]
+    framed = measure_crops(exported["fer2013"], photos, yunet=None, own_crop=True, frame=FRAME)[("own", 0.0)]
     assert framed["photos"] == 4 and 1 <= framed["faces"] <= 3
     assert f"in a grey frame ({FRAME:g} of the longer side each way): accuracy {framed['accuracy']:.1%}" in bench.stdout
     # ... and per image size: the two 512x512 photos, the 320x320 one, the blank 200x200 one (no face: wrong).
@@ -656,6 +665,19 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained):
     assert set(search) == {f"none/{m:g}" for m in MARGINS} and meta["align"] == "none"  # Haar: no landmarks
     assert all(len(v) == 2 and 0 <= min(v) <= max(v) <= 1 for v in search.values())
     assert sum(search[f"none/{meta['crop_margin']}"]) == max(sum(v) for v in search.values())
+    # With YuNet, landmark-framed crops are measured at every zoom beside the plain ones, and the file says which
+    # won; a landmarks file keeps the best plain margin for faces without landmarks. Without YuNet: refused.
+    choose_crop(out, photos, str(yunet_path), align="landmarks")
+    spec = EmotionClassifier(out).spec
+    search = {tuple(k.split("/")): sum(v) for k, v in json.loads(spec.metadata["margin_search"]).items()}
+    assert set(search) == {("none", f"{m:g}") for m in MARGINS} | {("landmarks", f"{z:g}") for z in ZOOMS}
+    zoom = max((k for k in search if k[0] == "landmarks"), key=search.get)[1]
+    assert spec.align == "landmarks" and np.allclose(spec.face_template, zoom_template(FER2013_LANDMARKS, float(zoom)))
+    assert search[("none", f"{spec.crop_margin:g}")] == max(v for k, v in search.items() if k[0] == "none")
+    with pytest.raises(ValueError, match="needs YuNet"):
+        choose_crop(out, photos, None, align="landmarks")
+    with pytest.raises(FileNotFoundError):
+        choose_crop(out, photos, str(tmp_path / "no-yunet.onnx"))
     # The file records the PublicTest accuracy of the epoch it was exported from, best_ or final_.
     for name in ("best_fer2013.pt", "final_fer2013.pt"):
         assert main(["export", str(trained["out"] / name), str(out), "--no-tta"]) == 0

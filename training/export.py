@@ -146,7 +146,7 @@ def zoom_template(template: Sequence[Sequence[float]], zoom: float) -> list[list
     return [[round(0.5 + (x - 0.5) * zoom, 4), round(0.5 + (y - 0.5) * zoom, 4)] for x, y in template]
 
 
-def measure_margin(
+def measure_crops(
     model_path: str | Path,
     photos: str | Path,
     yunet: str | Path | None,
@@ -313,21 +313,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def choose_crop(path: str | Path, photos: str | Path, yunet: str | None, align: str = "auto") -> None:
-    """Measure every crop (margins; with `align` auto and YuNet, eye-levelled crops and landmark-framed ones too)
-    end to end on the labelled photos as they are and in a grey frame, and write into the file the crop with the
-    best mean of the two, with the whole search and the chosen crop's recall per class (on the photos as they are).
+    """Measure every crop (margins; with `align` auto and YuNet, eye-levelled crops and landmark-framed ones too;
+    with `align` eyes or landmarks, those and the plain ones) end to end on the labelled photos as they are and in
+    a grey frame, and write into the file the crop of `align` with the best mean of the two, with the whole search
+    and the chosen crop's recall per class (on the photos as they are).
 
     The frame matters: the photos are tight crops of faces, where every margin from 0.1 up cuts the same whole
     image, so on them alone the margin is barely measured; in a frame, as users' photos and webcams show faces,
     a margin too wide shows the model a smaller face than it was trained on."""
-    yunet = yunet if yunet and Path(yunet).exists() else None
-    aligns = ("none", "eyes", "landmarks") if align == "auto" and yunet else (align if align != "auto" else "none",)
-    as_given = measure_margin(path, photos, yunet, aligns=aligns)
-    framed = measure_margin(path, photos, yunet, aligns=aligns, frame=FRAME)
-    score = {k: (as_given[k]["accuracy"] + framed[k]["accuracy"]) / 2 for k in as_given}
-    best_align, value = max(score, key=score.get)
-    # the box's margin also serves a "landmarks" model when a face comes without landmarks (the Haar detector)
-    margin = value if best_align != "landmarks" else max(MARGINS, key=lambda m: score.get(("none", m), 0.0))
+    if yunet and not Path(yunet).is_file():
+        raise FileNotFoundError(f"{yunet}: no such YuNet file")
+    if align in ("eyes", "landmarks") and not yunet:
+        raise ValueError(f"align {align} needs YuNet's landmarks: give the YuNet file (--yunet)")
+    wanted = (("none", "eyes", "landmarks") if yunet else ("none",)) if align == "auto" else (align,)
+    # Plain box crops are always measured: their best margin also serves faces without landmarks (Haar).
+    aligns = tuple(dict.fromkeys(("none", *wanted)))
+    as_given = measure_crops(path, photos, yunet, aligns=aligns)
+    framed = measure_crops(path, photos, yunet, aligns=aligns, frame=FRAME)
+    # Rounded, so that exact ties go to the first crop measured: plain, eyes, landmarks; smaller margin or zoom first.
+    score = {k: round((as_given[k]["accuracy"] + framed[k]["accuracy"]) / 2, 9) for k in as_given}
+    best_align, value = max((k for k in score if k[0] in wanted), key=score.get)
+    margins = [m for a, m in score if a == "none"]
+    margin = value if best_align != "landmarks" else max(margins, key=lambda m: score[("none", m)])
     values = dict(
         crop_margin=f"{margin:g}",
         align=best_align,

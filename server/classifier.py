@@ -19,9 +19,10 @@ REQUIRED_KEYS = ("labels", "input_size", "channels", "mean", "std", "crop_margin
 ALIGN_VALUES = ("none", "eyes", "landmarks")
 
 # Where YuNet puts its five landmarks (right eye, left eye, nose tip, right and left mouth corner: the person's) on
-# FER2013's own faces, as fractions of the 48 px image: medians over the 1,951 PublicTest faces YuNet finds when
-# each is enlarged to 192 px. `align: landmarks` crops the square of a photo that puts a face's landmarks there
-# (or at the file's own `face_template`), so the model sees faces framed as in training.
+# FER2013's own faces, as fractions of the 48 px image: medians over the 1,951 of the first 2,000 PublicTest faces
+# where YuNet finds one when each is enlarged to 192 px (`python benchmarks/bench_framing.py template`).
+# `align: landmarks` crops the square of a photo that puts a face's landmarks there (or at the file's own
+# `face_template`), so the model sees faces framed as in training.
 FER2013_LANDMARKS = ((0.303, 0.380), (0.684, 0.384), (0.492, 0.595), (0.347, 0.756), (0.645, 0.756))
 
 

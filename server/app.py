@@ -272,12 +272,15 @@ VIDEO_ERROR_RESPONSES = error_responses(
 )
 async def predict_video(
     request: Request,
-    every: float = Query(1.0, ge=EVERY_MIN, le=EVERY_MAX, description="Seconds between analysed frames."),
+    every: float = Query(
+        1.0, ge=EVERY_MIN, le=EVERY_MAX, allow_inf_nan=False, description="Seconds between analysed frames."
+    ),
     format: Literal["json", "ndjson"] = Query("json", description="`ndjson` streams one line per analysed frame."),
     smoothing: float | None = Query(
         None,
         ge=0.0,
         le=60.0,
+        allow_inf_nan=False,
         description="Time constant (s) of each face track's moving average of probabilities; 0: each frame's own "
         "values. Default: the server's `EMOTION_SMOOTHING_SECONDS`.",
     ),

@@ -247,7 +247,7 @@ def parse_control(text: str, settings: Settings) -> dict[str, Any]:
             raise ValueError(
                 f"smoothing must be a number of seconds from 0 to {MAX_SMOOTHING_SECONDS:g}, got {_shown(s)}"
             )
-        config["smoothing"] = float(s)
+        config["smoothing"] = float(s) + 0.0  # + 0.0: -0.0 is echoed as 0.0
     if "raw" in message:
         if not isinstance(message["raw"], bool):
             raise ValueError(f"raw must be true or false, got {_shown(message['raw'])}")

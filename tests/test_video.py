@@ -218,6 +218,9 @@ def test_every_and_raw_body(server: LiveServer, clips: dict[str, Path], upload_d
         r = post_video(server, clips[".mp4"], **params)
         assert r.status_code == 422, (params, r.text)
         assert r.json()["detail"]
+    for params in ({"every": "nan"}, {"smoothing": "nan"}, {"smoothing": "inf"}):  # said "<= 60" before
+        r = post_video(server, clips[".mp4"], **params)
+        assert r.status_code == 422 and "finite number" in r.json()["detail"], (params, r.text)
     assert wait_empty(upload_dir) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -113,6 +114,9 @@ def test_control_messages(server: LiveServer, frame_jpeg: bytes) -> None:
         assert receive(ws) == {"type": "ack", "config": {"max_faces": 2, "smoothing": 0.5, "raw": False}}
         ws.send(json.dumps({"smoothing": 0, "raw": True}))
         assert receive(ws) == {"type": "ack", "config": {"max_faces": 2, "smoothing": 0.0, "raw": True}}
+        ws.send('{"smoothing": -0.0}')
+        ack = json.loads(ws.recv(timeout=20))["config"]["smoothing"]
+        assert ack == 0 and math.copysign(1, ack) == 1  # not echoed as -0.0
         ws.send(json.dumps({"type": "ping"}))
         assert receive(ws) == {"type": "pong"}
 

@@ -149,7 +149,7 @@ def decode_image(data: bytes, settings: Settings | None = None, *, max_pixels: i
     if max_pixels is None:
         max_pixels = settings.max_pixels if settings is not None else 40_000_000
     if not data:
-        raise InputError(400, "empty body: send an image (JPEG, PNG, WebP or BMP)")
+        raise InputError(400, f"empty image: no bytes to decode (send {SUPPORTED_FORMATS})")
     if settings is not None and len(data) > settings.max_upload_bytes:
         raise InputError(413, f"image is {len(data)} bytes, over the limit of {settings.max_upload_bytes} bytes")
     header = image_format_and_size(data)

@@ -37,6 +37,15 @@ WS_KEY_PREFIX = "key."
 CLOSE_POLICY_VIOLATION = 1008
 
 
+def route_path(scope: dict) -> str:
+    """The path the app routes on: ``scope["path"]`` without the ``root_path`` that uvicorn (``--root-path``, a
+    proxy's prefix) puts in front of it, as Starlette's router strips it; so a prefix cannot slip past a check."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 def is_protected(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in PROTECTED_PREFIXES)
 
@@ -69,7 +78,7 @@ class AccessMiddleware:
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
 
     def key_ok(self, scope: dict, headers: Headers) -> bool:
-        if self.api_key is None or not is_protected(scope["path"]):
+        if self.api_key is None or not is_protected(route_path(scope)):
             return True
         key = presented_key(scope, headers)
         return key is not None and hmac.compare_digest(key.encode(), self.api_key)

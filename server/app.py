@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from server import live
-from server.access import add_access_middleware
+from server.access import add_access_middleware, route_path
 from server.admission import ClientGone, Overloaded, WorkPool, disconnected
 from server.config import Settings, get_settings, resolve_path
 from server.limits import BodyDeadlineMiddleware, BodyTimeout
@@ -98,9 +98,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.http_in_flight.dec()
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            if scope.get(WebFiles.SERVED) and status < 400:
-                route = "static"  # the page's files (FastAPI sets no "route" for a mount)
+            # FastAPI names the route only for its own routes: the page's files, /openapi.json and the docs' assets
+            # are "static"; anything else that found no route (a 404, a 405 or 426 from the page mount) "unmatched".
+            route = getattr(scope.get("route"), "path", None) or ("static" if status < 400 else "unmatched")
             self.metrics.http_requests.labels(method=scope["method"], route=route, status=str(status)).inc()
             self.metrics.http_duration.labels(route=route).observe(time.perf_counter() - start)
 
@@ -526,24 +526,22 @@ class WebFiles(StaticFiles):
     asked over plain HTTP 426, not the 404 the mount at "/" would otherwise answer (Starlette hands a method or
     protocol mismatch on to the next matching route)."""
 
-    SERVED = "emotion.web_files"  # scope key set on the requests that reach the page's files, for the metrics
-
-    def __init__(self, api_methods: dict[str, set[str]], sockets: set[str] = frozenset(), **kwargs: Any):
+    def __init__(self, api_methods: dict[str, set[str]], sockets: Collection[str] = (), **kwargs: Any):
         super().__init__(**kwargs)
         self.api_methods = api_methods
         self.sockets = sockets
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["path"] in self.sockets:
-            detail = f"{scope['path']} is a WebSocket route: connect with a WebSocket client (ws:// or wss://)"
+        path = route_path(scope)
+        if scope["type"] == "http" and path in self.sockets:
+            detail = f"{path} is a WebSocket route: connect with a WebSocket client (ws:// or wss://)"
             answer = JSONResponse({"detail": detail}, status_code=426, headers={"Upgrade": "websocket"})
             await answer(scope, receive, send)
             return
-        allowed = self.api_methods.get(scope["path"]) if scope["type"] == "http" else None
-        scope[self.SERVED] = not allowed
+        allowed = self.api_methods.get(path) if scope["type"] == "http" else None
         if allowed and scope["method"] not in allowed:
             methods = ", ".join(sorted(allowed))
-            detail = f"method {scope['method']} is not allowed on {scope['path']}: use {methods}"
+            detail = f"method {scope['method']} is not allowed on {path}: use {methods}"
             await JSONResponse({"detail": detail}, status_code=405, headers={"Allow": methods})(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

@@ -199,9 +199,10 @@ def yunet_pipeline(model_path: Path, yunet_path: Path):
 
 class LiveServer:
     """A real uvicorn server on a loopback port, in a background thread, with the connection limits of
-    ``python -m server`` (``server.limits.uvicorn_options`` of the app's settings)."""
+    ``python -m server`` (``server.limits.uvicorn_options`` of the app's settings) and any other uvicorn ``config``
+    (e.g. ``root_path``)."""
 
-    def __init__(self, app: object):
+    def __init__(self, app: object, **config: object):
         import uvicorn
 
         from server.limits import uvicorn_options
@@ -212,7 +213,7 @@ class LiveServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        options = uvicorn_options(app.state.settings)  # type: ignore[attr-defined]
+        options = uvicorn_options(app.state.settings) | config  # type: ignore[attr-defined]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -157,3 +157,23 @@ def test_api_key_setting_is_validated(model_path: Path) -> None:
         make_settings(model_path, "haar", api_key="has space in it")
     assert make_settings(model_path, "haar", api_key="").api_key is None
     assert KEY not in repr(make_settings(model_path, "haar", api_key=KEY))
+
+
+def test_a_root_path_prefix_does_not_slip_past_the_key(model_path: Path, frame: bytes) -> None:
+    """Behind a proxy that serves the service under a prefix and strips it (uvicorn --root-path /api), uvicorn puts
+    the prefix back in front of every path it hands the app; the key check and the page mount's answers must see
+    the path the app routes on, not that one."""
+    from server.app import create_app
+
+    app = create_app(make_settings(model_path, "haar", api_key=KEY))
+    with LiveServer(app, root_path="/api") as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/predict", content=frame, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/healthz").status_code == 200  # the probes stay open
+        keyed = client.post("/predict", content=frame, headers={"content-type": "image/jpeg", "x-api-key": KEY})
+        assert keyed.status_code == 200 and keyed.json()["faces"]
+        assert client.get("/ws", headers={"x-api-key": KEY}).status_code == 426
+        assert client.put("/model", headers={"x-api-key": KEY}).headers["allow"] == "GET, HEAD"
+        with connect(server.url.replace("http://", "ws://") + "/ws") as ws:
+            assert_refused(ws, "API key")

@@ -87,6 +87,8 @@ def frames(models: list[str], photos: Path, yunet: Path) -> None:
             hits = dict.fromkeys(crops, 0)
             for r in rows:
                 image = cv2.imread(str(photos / "images" / r["file"]))
+                if image is None:  # unreadable: counts as wrong, as no face found does
+                    continue
                 image = image if kind == "none" else framed(image, kind)
                 faces = pipeline.detect(image)
                 if not faces:

@@ -98,15 +98,15 @@ class ModelSpec:
             raise ModelError(f"model metadata 'align' must be one of {ALIGN_VALUES}, got {align!r}")
 
         template = _json(meta, "face_template") if "face_template" in meta else FER2013_LANDMARKS
-        try:
-            points = np.asarray(template, dtype=np.float64)
-        except (TypeError, ValueError):
-            points = np.zeros(0)
-        if not _plausible_template(points):
+        numbers = isinstance(template, list | tuple) and all(
+            isinstance(p, list | tuple) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+            for p in template
+        )
+        if not numbers or not _plausible_template(points := np.array(template, dtype=np.float64)):
             raise ModelError(
-                "model metadata 'face_template' must be five [x, y] points in [0, 1] (fractions of the crop) laid "
-                "out as a face: right eye left of left eye, eyes above the nose tip, nose above the mouth corners "
-                f"(right one on the left); got {meta.get('face_template')!r}"
+                "model metadata 'face_template' must be five [x, y] numbers in [0, 1] (fractions of the crop) laid "
+                "out as a face: right eye left of left eye, nose tip between and below the eyes, mouth corners below "
+                f"the nose (right one on the left); got {meta.get('face_template')!r}"
             )
         template = tuple((float(x), float(y)) for x, y in points)
         return cls(labels, (size[0], size[1]), channels, mean, std, margin, dict(meta), align, template)

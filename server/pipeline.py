@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import struct
 import time
 from pathlib import Path
@@ -88,13 +89,15 @@ def other_image_format(data: bytes) -> str | None:
         return "GIF"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
-    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1"):
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"hevc", b"msf1"):
         return "HEIC"
     if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
         return "AVIF"
+    if data[4:8] == b"ftyp" and data[8:12] == b"mif1":  # the generic brand of both
+        return "HEIF"
     if data[:4] == b"%PDF":
         return "PDF"
-    if data.lstrip()[:5].lower() in (b"<?xml", b"<svg "):
+    if re.search(rb"<svg[\s>/]", data[:1024], re.IGNORECASE):  # after any XML prolog, comment or doctype
         return "SVG"
     return None
 

@@ -102,7 +102,9 @@ def test_pixel_and_byte_limits_follow_settings(astronaut_jpeg: bytes) -> None:
     assert decode_image(astronaut_jpeg, Settings(max_pixels=512 * 512)).shape == (512, 512, 3)
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"])
+@pytest.mark.parametrize(
+    "data", [b"", b"hello world", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b'<?xml version="1.0"?><plist></plist>']
+)
 def test_refuses_undecodable_bytes(data: bytes) -> None:
     with pytest.raises(InputError) as err:
         decode_image(data, Settings())
@@ -117,6 +119,8 @@ def test_refuses_undecodable_bytes(data: bytes) -> None:
         ("HEIC", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40),
         ("AVIF", b"\x00\x00\x00\x1cftypavif" + b"\x00" * 40),
         ("SVG", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>'),
+        ("SVG", b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- a comment -->\n<svg\n  width="10"></svg>'),
+        ("HEIF", b"\x00\x00\x00\x18ftypmif1" + b"\x00" * 40),
         ("PDF", b"%PDF-1.7\n"),
     ],
 )
@@ -431,6 +435,12 @@ def test_model_align_metadata_reaches_the_crop(make_model, yunet_path: Path, ast
     upside_down = [[x, 1 - y] for x, y in own]
     in_pixels = [[48 * x, 48 * y] for x, y in own]
     same_point = [[0.5, 0.5]] * 5
-    for bad in ("[[0.3, 0.4]]", '"eyes"', "[1, 2", *map(json.dumps, (same_point, mirrored, upside_down, in_pixels))):
+    strings = [[str(x), str(y)] for x, y in own]
+    for bad in (
+        "[[0.3, 0.4]]",
+        '"eyes"',
+        "[1, 2",
+        *map(json.dumps, (same_point, mirrored, upside_down, in_pixels, strings)),
+    ):
         with pytest.raises(ModelError, match="face_template"):
             EmotionClassifier(make_model("bad.onnx", metadata={"align": "landmarks", "face_template": bad}))

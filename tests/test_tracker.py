@@ -262,22 +262,24 @@ def test_windowed_live_path_finds_a_new_face_within_its_promised_time(
     assert len(overlaps) > 20 and min(overlaps) >= 0.7 and np.mean(overlaps) >= 0.85, overlaps
 
 
+@pytest.mark.parametrize("align", ["eyes", "landmarks"])
 def test_windowed_detections_carry_landmarks_in_frame_pixels_to_the_aligned_crop(
-    make_model, yunet_path: Path, astronaut_bgr: np.ndarray
+    make_model, yunet_path: Path, astronaut_bgr: np.ndarray, align: str
 ) -> None:
     """The window's landmarks are mapped back like its box (offset and scale), so they match a full detection's of the
-    same frame, and a model with ``align: eyes`` gets the eye-levelled crop on the windowed path too."""
+    same frame, and a model with ``align: eyes`` or ``landmarks`` gets that crop on the windowed path too."""
     import cv2
 
     from server.classifier import EmotionClassifier
     from server.detector import create_detector
+    from server.pipeline import crop_region
 
     # The astronaut turned by 30 degrees, shrunk and placed off the origin of a larger frame: the window starts far
     # from (0, 0) and is downscaled, so a landmark left in window pixels would be hundreds of pixels off.
     turned = cv2.warpAffine(astronaut_bgr, cv2.getRotationMatrix2D((256, 256), -30, 1.0), (512, 512))
     frame = np.full((900, 1200, 3), 90, np.uint8)
     frame[300:812, 600:1112] = turned
-    clf = EmotionClassifier(make_model("eyes.onnx", metadata={"align": "eyes"}))
+    clf = EmotionClassifier(make_model(f"{align}.onnx", metadata={"align": align}))
     pipeline = EmotionPipeline(create_detector("yunet", yunet_path), clf)
     full = pipeline.detect(frame)[0]
     (near,) = pipeline.detect_near(frame, [(full.x + 6, full.y - 4, full.w, full.h)])
@@ -288,15 +290,22 @@ def test_windowed_detections_carry_landmarks_in_frame_pixels_to_the_aligned_crop
     (rx, ry), (lx, ly) = near.eyes()
     assert near.x < rx < lx < near.x + near.w and near.y < min(ry, ly) < near.y + near.h
 
-    # The crop follows the eyes: the same box without landmarks gives the unaligned crop and other probabilities.
+    # The crop follows the landmarks: the same box without them gives the box crop and other probabilities.
     bare = type(near)(near.x, near.y, near.w, near.h, near.score)
     aligned = pipeline.predict(frame, detections=[near])[0][0]
     unaligned = pipeline.predict(frame, detections=[bare])[0][0]
     assert aligned.box == unaligned.box and aligned.probabilities != unaligned.probabilities
-    full_aligned = pipeline.predict(frame)[0][0]
-    assert max(abs(aligned.probabilities[k] - full_aligned.probabilities[k]) for k in aligned.probabilities) < max(
-        abs(unaligned.probabilities[k] - full_aligned.probabilities[k]) for k in aligned.probabilities
-    )
+    if align == "eyes":  # turned by about the same angle as the full detection's crop
+        full_aligned = pipeline.predict(frame)[0][0]
+        assert max(abs(aligned.probabilities[k] - full_aligned.probabilities[k]) for k in aligned.probabilities) < max(
+            abs(unaligned.probabilities[k] - full_aligned.probabilities[k]) for k in aligned.probabilities
+        )
+    else:  # framed by the window's landmarks about as the full detection's frame it (YuNet sees it at ~64 px there)
+        h, w = frame.shape[:2]
+        region, full_region = crop_region(near, clf.spec, w, h), crop_region(full, clf.spec, w, h)
+        assert region != crop_region(bare, clf.spec, w, h)
+        as_box = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in (region, full_region)]
+        assert iou(*as_box) > 0.7, (region, full_region)
 
 
 # --- videos, the live socket -------------------------------------------------------------------------------------

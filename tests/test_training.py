@@ -674,6 +674,8 @@ def test_margin_search_on_labelled_photos(tmp_path, exported, trained, yunet_pat
     zoom = max((k for k in search if k[0] == "landmarks"), key=search.get)[1]
     assert spec.align == "landmarks" and np.allclose(spec.face_template, zoom_template(FER2013_LANDMARKS, float(zoom)))
     assert search[("none", f"{spec.crop_margin:g}")] == max(v for k, v in search.items() if k[0] == "none")
+    choose_crop(out, photos, str(yunet_path), align="none")  # chosen again: the template goes with the alignment
+    assert "face_template" not in EmotionClassifier(out).spec.metadata
     with pytest.raises(ValueError, match="needs YuNet"):
         choose_crop(out, photos, None, align="landmarks")
     with pytest.raises(FileNotFoundError):

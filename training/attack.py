@@ -42,7 +42,7 @@ from training.data import add_data_arguments, resize_faces
 from training.onnx_torch import QUANTIZED_ATOL, OnnxModule, parity_check
 
 GRAY_FROM_BGR = (0.114, 0.587, 0.299)  # cv2.COLOR_BGR2GRAY
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), as square_box returns
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), as server.pipeline.crop_region returns
 
 
 class AttackError(RuntimeError):

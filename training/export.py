@@ -350,7 +350,7 @@ def choose_crop(path: str | Path, photos: str | Path, yunet: str | None, align: 
         from server.classifier import FER2013_LANDMARKS
 
         values["face_template"] = json.dumps(zoom_template(FER2013_LANDMARKS, value))
-    set_metadata(path, **values)
+    set_metadata(path, remove=("face_template",), **values)  # a template of an earlier search must not linger
     given, in_frame = as_given[(best_align, value)]["accuracy"], framed[(best_align, value)]["accuracy"]
     name = "zoom" if best_align == "landmarks" else "crop margin"
     print(f"chosen: align {best_align}, {name} {value:g} (accuracy {given:.3f} as given, {in_frame:.3f} framed)")

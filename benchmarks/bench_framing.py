@@ -3,9 +3,9 @@
     python benchmarks/bench_framing.py template [--data data_cache/fer2013.pack] [--limit 2000]
     python benchmarks/bench_framing.py frames [models/emotion_ferplus.onnx ...] [--photos DIR]
 
-`template` runs YuNet on PublicTest faces (each enlarged to 192 px) and prints the median box and five landmarks as
-fractions of the 48 px image: the numbers behind `server.classifier.FER2013_LANDMARKS`, which `align: landmarks`
-crops to.
+`template` runs YuNet on PublicTest faces (each enlarged to 192 px; their pixels only, no labels) and prints the
+median box and five landmarks as fractions of the 48 px image: the numbers behind
+`server.classifier.FER2013_LANDMARKS`, which `align: landmarks` crops to.
 
 `frames` measures each file's own crop and the box crop at margins 0 and 0.1 on the labelled photos (tight crops of
 faces) put in three kinds of frame, each 0.4 of the photo's longer side wide: grey (as `choose_crop` measures),

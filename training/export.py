@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -23,6 +25,9 @@ from training.evaluate import confusion_matrix
 from training.metadata import read_metadata, set_metadata, update_metadata
 from training.model import ExportWrapper
 from training.train import load_checkpoint
+
+if TYPE_CHECKING:
+    from server.classifier import ModelSpec
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 ZOOMS = (0.9, 1.0, 1.1, 1.2)  # of the landmark template, for align "landmarks"
@@ -146,6 +151,24 @@ def zoom_template(template: Sequence[Sequence[float]], zoom: float) -> list[list
     return [[round(0.5 + (x - 0.5) * zoom, 4), round(0.5 + (y - 0.5) * zoom, 4)] for x, y in template]
 
 
+def crop_candidates(
+    spec: ModelSpec, aligns: Sequence[str], margins: Sequence[float], zooms: Sequence[float]
+) -> dict[tuple[str, float], ModelSpec]:
+    """The model's spec with each crop to measure: (align, margin) for "none" and "eyes", (align, zoom of FER2013's
+    landmark template) for "landmarks"."""
+    from server.classifier import FER2013_LANDMARKS
+
+    candidates = {}
+    for align in aligns:
+        for value in zooms if align == "landmarks" else margins:
+            if align == "landmarks":
+                crop = {"face_template": tuple(map(tuple, zoom_template(FER2013_LANDMARKS, value)))}
+            else:
+                crop = {"crop_margin": value}
+            candidates[(align, value)] = dataclasses.replace(spec, align=align, **crop)
+    return candidates
+
+
 def measure_crops(
     model_path: str | Path,
     photos: str | Path,
@@ -166,11 +189,9 @@ def measure_crops(
     under the key ("own", 0). Photos whose label the model does not have (e.g. contempt for a 7-class model) are
     skipped; the largest face is the one judged; a photo where no face is found counts as wrong.
     """
-    import dataclasses
-
     import cv2
 
-    from server.classifier import FER2013_LANDMARKS, EmotionClassifier  # the server's code: the crop it serves
+    from server.classifier import EmotionClassifier  # the server's code: the crop it serves
     from server.detector import create_detector
     from server.pipeline import EmotionPipeline, crop_for
 
@@ -195,16 +216,8 @@ def measure_crops(
     truth_arr = np.array(truth)
     present = sorted(set(truth))
     results = {}
-    candidates = {("own", 0.0): classifier.spec} if own_crop else {}  # (align, margin or zoom) -> spec with that crop
-    for align in () if own_crop else aligns:
-        for value in zooms if align == "landmarks" else margins:
-            spec = dataclasses.replace(classifier.spec, align=align)
-            if align == "landmarks":
-                spec = dataclasses.replace(spec, face_template=zoom_template(FER2013_LANDMARKS, value))
-            else:
-                spec = dataclasses.replace(spec, crop_margin=value)
-            candidates[(align, value)] = spec
-    for (align, value), spec in candidates.items():
+    own = {("own", 0.0): classifier.spec}
+    for (align, value), spec in (own if own_crop else crop_candidates(classifier.spec, aligns, margins, zooms)).items():
         probs = classifier.infer(np.stack([crop_for(img, d, spec) for img, d in zip(images, found, strict=True)]))
         pred = probs.argmax(1)
         correct = int((pred == truth_arr).sum())

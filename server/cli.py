@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     import numpy as np
 
+    from server.classifier import ModelSpec
     from server.config import Settings
+    from server.detector import Detection
     from server.pipeline import EmotionPipeline
     from server.schemas import Face, VideoFrame, VideoSummary
 
@@ -229,23 +231,17 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def save_crop(
-    directory: Path, t: float, face: Face, image: np.ndarray, every: float, pipeline: EmotionPipeline
+    directory: Path, t: float, face: Face, detection: Detection, image: np.ndarray, every: float, spec: ModelSpec
 ) -> Path:
-    """The face as the model was shown it (its crop: box, margin or landmarks), as a 48x48 gray PNG named
-    ``HH-MM-SS_<emotion>.png`` after its time (``--crops``)."""
+    """The face as the model was shown it (its crop: box, margin or landmarks, from its ``detection``), as a 48x48
+    gray PNG named ``HH-MM-SS_<emotion>.png`` after its time (``--crops``)."""
     import dataclasses
 
     import cv2
 
-    from server.detector import Detection
-    from server.pipeline import crop_for, face_iou
+    from server.pipeline import crop_for
 
-    b = face.box
-    answered = Detection(b.x, b.y, b.w, b.h, face.detection_score)
-    # The answer has the box, not the landmarks the crop may have used: the same face, found again, has them.
-    found = max(pipeline.detect(image), key=lambda d: face_iou(d, answered), default=None)
-    spec = dataclasses.replace(pipeline.classifier.spec, input_size=(CROP_SIZE, CROP_SIZE), channels=1)
-    crop = crop_for(image, found if found is not None and face_iou(found, answered) > 0.5 else answered, spec)
+    crop = crop_for(image, detection, dataclasses.replace(spec, input_size=(CROP_SIZE, CROP_SIZE), channels=1))
     stamp = format_timestamp(t, every).replace(":", "-")
     path = directory / f"{stamp}_{face.emotion}.png"
     if not cv2.imwrite(str(path), crop):
@@ -287,6 +283,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     tracker = load_tracker(args, settings)
     pipeline = load_pipeline(settings)
     make_crops_dir(args.crops)
+    spec = pipeline.classifier.spec
     try:
         analysis = VideoAnalysis.open(path, pipeline, args.every, tracker=tracker)  # local files: no upload limits
     except InputError as exc:
@@ -304,7 +301,9 @@ def cmd_video(args: argparse.Namespace) -> int:
             for item in analysis:
                 frame = item.result
                 if args.crops is not None and frame.faces:
-                    save_crop(args.crops, frame.t, frame.faces[0], item.sample.image, args.every, pipeline)
+                    save_crop(
+                        args.crops, frame.t, frame.faces[0], item.detections[0], item.sample.image, args.every, spec
+                    )
                 if args.json:
                     frames.append(frame)
                 else:
@@ -350,6 +349,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     tracker = load_tracker(args, settings)
     pipeline = load_pipeline(settings)
     make_crops_dir(args.crops)
+    spec = pipeline.classifier.spec
     cap = open_camera(args.device)
     # A file stands in for a camera at its own frame rate, so it gives one line per second too.
     fps = cap.get(cv2.CAP_PROP_FPS) if Path(args.device).is_file() else 0.0
@@ -375,10 +375,11 @@ def cmd_webcam(args: argparse.Namespace) -> int:
                 # The line (and crop) stands for the latest whole step of `every` reached: 00:00:01, 00:00:02 ...
                 # even when a prediction starts a little late, so each second has its own name.
                 slot = next_at + args.every * math.floor((elapsed - next_at) / args.every)
-                faces, _ = pipeline.predict(image)
-                faces = tracker.update(faces, elapsed)
+                detections = pipeline.detect(image)
+                faces, _ = pipeline.predict(image, detections=detections)
+                faces = tracker.update(faces, elapsed)  # keeps the faces' order: faces[0] is detections[0]
                 if args.crops is not None and faces:
-                    save_crop(args.crops, slot, faces[0], image, args.every, pipeline)
+                    save_crop(args.crops, slot, faces[0], detections[0], image, args.every, spec)
                 print(f"{format_timestamp(slot, args.every)}  {describe_faces(faces)}", flush=True)
                 next_at = slot + args.every
     except KeyboardInterrupt:

@@ -317,7 +317,7 @@ def valence_arousal(probabilities: dict[str, float]) -> tuple[float, float]:
     return valence, arousal
 
 
-def face_iou(a: Detection, b: Detection) -> float:
+def _iou(a: Detection, b: Detection) -> float:
     iw = min(a.x + a.w, b.x + b.w) - max(a.x, b.x)
     ih = min(a.y + a.h, b.y + b.h) - max(a.y, b.y)
     if iw <= 0 or ih <= 0:
@@ -475,7 +475,7 @@ class EmotionPipeline:
                 # A face cut by the window's edge is a neighbour seen in part: the next full detection finds it.
                 if distance <= max(box[2], box[3]) * self.WINDOW_SCALE / 4.0 and distance < best_distance:
                     best, best_distance = face, distance
-            if best is not None and all(face_iou(best, other) < 0.5 for other in found):
+            if best is not None and all(_iou(best, other) < 0.5 for other in found):
                 found.append(best)
         found.sort(key=lambda d: d.w * d.h, reverse=True)
         return found

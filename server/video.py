@@ -37,6 +37,7 @@ from server.uploads import receive_upload
 
 if TYPE_CHECKING:
     from server.config import Settings
+    from server.detector import Detection
     from server.pipeline import EmotionPipeline
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,7 @@ class VideoSummarizer:
 class AnalysedFrame:
     sample: SampledFrame
     result: VideoFrame
+    detections: list[Detection]  # the faces found in the sample, in the order of result.faces (for --crops)
 
 
 _END = object()
@@ -474,10 +476,11 @@ class VideoAnalysis:
                 sample = self._next()
             if sample is None:
                 return None
-            faces, _ = self.pipeline.predict(sample.image)
-            frame = VideoFrame(t=sample.t, faces=self.tracker.update(faces, sample.t))
+            detections = self.pipeline.detect(sample.image)
+            faces, _ = self.pipeline.predict(sample.image, detections=detections)
+            frame = VideoFrame(t=sample.t, faces=self.tracker.update(faces, sample.t))  # keeps the faces' order
             self.summarizer.add(frame)
-            return AnalysedFrame(sample, frame)
+            return AnalysedFrame(sample, frame, detections)
 
     def next_frame(self) -> VideoFrame | None:
         item = self.next_analysed()

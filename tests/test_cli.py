@@ -310,7 +310,10 @@ def test_saved_crop_is_the_crop_the_model_was_shown(
 
     pipeline = EmotionPipeline.from_settings(make_settings(ROOT / "models/emotion_ferplus.onnx", "yunet", yunet_path))
     assert pipeline.classifier.spec.align == "landmarks"
-    [face], _ = pipeline.predict(astronaut_bgr)
-    saved = cv2.imread(str(save_crop(tmp_path, 3.0, face, astronaut_bgr, 1.0, pipeline)), cv2.IMREAD_UNCHANGED)
-    spec = dataclasses.replace(pipeline.classifier.spec, input_size=(CROP_SIZE, CROP_SIZE))
-    np.testing.assert_array_equal(saved, crop_for(astronaut_bgr, pipeline.detect(astronaut_bgr)[0], spec))
+    detections = pipeline.detect(astronaut_bgr)
+    [face], _ = pipeline.predict(astronaut_bgr, detections=detections)
+    spec = pipeline.classifier.spec
+    path = save_crop(tmp_path, 3.0, face, detections[0], astronaut_bgr, 1.0, spec)
+    saved = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    expected = crop_for(astronaut_bgr, detections[0], dataclasses.replace(spec, input_size=(CROP_SIZE, CROP_SIZE)))
+    np.testing.assert_array_equal(saved, expected)

@@ -29,6 +29,7 @@ from _common import ROOT, find_yunet  # noqa: E402
 from server.classifier import EmotionClassifier  # noqa: E402
 from server.detector import create_detector  # noqa: E402
 from server.pipeline import EmotionPipeline, crop_for  # noqa: E402
+from training.evaluate import in_frame  # noqa: E402  (numpy and cv2 only)
 
 POINTS = ("right eye", "left eye", "nose tip", "right mouth corner", "left mouth corner")
 
@@ -57,18 +58,6 @@ def template(data: str, limit: int, yunet: Path) -> None:
     print("FER2013_LANDMARKS = (" + ", ".join(f"({med[4 + 2 * k]:.3f}, {med[5 + 2 * k]:.3f})" for k in range(5)) + ")")
 
 
-def framed(image: np.ndarray, kind: str, width: float = 0.4) -> np.ndarray:
-    h, w = image.shape[:2]
-    pad = int(round(width * max(h, w)))
-    if kind == "grey":
-        return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-    if kind == "repeated":
-        return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    background = cv2.GaussianBlur(cv2.resize(image, (w + 2 * pad, h + 2 * pad)), (0, 0), 15)  # kind "blurred"
-    background[pad : pad + h, pad : pad + w] = image
-    return background
-
-
 def frames(models: list[str], photos: Path, yunet: Path) -> None:
     with open(photos / "labels.csv", newline="") as f:
         labelled = list(csv.DictReader(f))
@@ -89,7 +78,7 @@ def frames(models: list[str], photos: Path, yunet: Path) -> None:
                 image = cv2.imread(str(photos / "images" / r["file"]))
                 if image is None:  # unreadable: counts as wrong, as no face found does
                     continue
-                image = image if kind == "none" else framed(image, kind)
+                image = image if kind == "none" else in_frame(image, 0.4, kind)
                 faces = pipeline.detect(image)
                 if not faces:
                     continue

@@ -101,6 +101,23 @@ def calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int = 15) -> d
 SMALL_FACE_SIDES = (32, 24, 16)  # pixels; the split's faces are 48 px
 
 
+def in_frame(image: np.ndarray, width: float, kind: str = "grey") -> np.ndarray:
+    """A photo inside a frame `width` times its longer side wide on every side: grey (what `choose_crop` measures),
+    its border pixels "repeated" outwards, or the photo "blurred" and enlarged behind itself. The labelled photos are
+    tight crops of faces; a frame shows how a crop copes with the surroundings a webcam frame or an upload has."""
+    h, w = image.shape[:2]
+    pad = int(round(width * max(h, w)))
+    if kind == "grey":
+        return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    if kind == "repeated":
+        return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    if kind != "blurred":
+        raise ValueError(f"unknown frame {kind!r} (grey, repeated or blurred)")
+    background = cv2.GaussianBlur(cv2.resize(image, (w + 2 * pad, h + 2 * pad)), (0, 0), 15)
+    background[pad : pad + h, pad : pad + w] = image
+    return background
+
+
 def infer_batched(classifier, faces: np.ndarray, batch: int = 256) -> np.ndarray:
     """The classifier's probabilities for many uint8 faces, `batch` at a time (bounded memory)."""
     return np.concatenate([classifier.infer(faces[i : i + batch]) for i in range(0, len(faces), batch)])

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from training.evaluate import confusion_matrix
+from training.evaluate import confusion_matrix, in_frame
 from training.metadata import read_metadata, set_metadata, update_metadata
 from training.model import ExportWrapper
 from training.train import load_checkpoint
@@ -204,8 +204,7 @@ def measure_crops(
     for i, r in enumerate(rows):
         image = cv2.imread(str(photos / "images" / r["file"]))
         if image is not None and frame > 0:
-            pad = int(round(frame * max(image.shape[:2])))
-            image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+            image = in_frame(image, frame)
         faces = pipeline.detect(image) if image is not None else []
         if not faces:
             continue

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     body_timeout: float = Field(300.0, gt=0)  # whole body; 300 s is 512 MiB at ~14 Mbit/s
     body_idle_timeout: float = Field(30.0, gt=0)  # longest pause between two chunks of a body
     keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
-    max_connections: int = Field(512, ge=1)  # open connections + requests in flight; uvicorn answers 503 past it
+    max_connections: int = Field(512, ge=1)  # connections served at once (open ones, requests in flight); 503 past it
 
     # Admission control (server/admission.py): CPU jobs waiting for a thread beyond the running ones; past the
     # queue a request is answered 503 with Retry-After at once instead of waiting behind work it cannot overtake.

@@ -63,9 +63,10 @@ class HeaderDeadline:
         self.app = partial(self._admit, self.app)
 
     async def _admit(self, app: Any, scope: dict, receive: Callable, send: Callable) -> None:
-        """uvicorn's ``limit_concurrency`` test, in the request's task (which ``self.tasks`` already holds)."""
+        """uvicorn's ``limit_concurrency`` test, in the request's task (which ``self.tasks`` already holds), with the
+        asking connection counted as one of the limit: uvicorn's own test (``>=``) served at most limit - 1."""
         limit = self.max_connections
-        if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
+        if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
             self.logger.warning("Exceeded concurrency limit.")
             headers = [
                 (b"content-type", b"application/json"),

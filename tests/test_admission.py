@@ -35,9 +35,13 @@ def serve(model_path: Path, **overrides: object) -> LiveServer:
     return LiveServer(create_app(make_settings(model_path, "haar", workers=1, **overrides)))
 
 
-def metric(server: LiveServer, pattern: str) -> float:
-    found = re.search(pattern + r" ([0-9.e+-]+)\n", httpx.get(f"{server.url}/metrics").text)
+def metric_value(text: str, pattern: str) -> float:
+    found = re.search(pattern + r" ([0-9.e+-]+)\n", text)
     return float(found.group(1)) if found else 0.0
+
+
+def metric(server: LiveServer, pattern: str) -> float:
+    return metric_value(httpx.get(f"{server.url}/metrics").text, pattern)
 
 
 def test_full_queue_answers_503_with_retry_after(model_path: Path, big_jpeg: bytes) -> None:
@@ -113,17 +117,27 @@ def test_live_frame_finding_the_queue_full_gets_busy_error(model_path: Path, big
         assert metric(server, r'emotion_ws_frames_total\{outcome="shed"\}') >= 1
 
 
-def test_connection_limit_answers_json_503_with_retry_after(model_path: Path) -> None:
-    # uvicorn's own answer past limit_concurrency was plain text "Service Unavailable" without Retry-After.
-    with serve(model_path, max_connections=4, retry_after=7) as server:
-        # uvicorn counts open connections, the asking one included: three held ones and /healthz make the fourth.
-        # (Four held ones would refuse some of their own requests and close, and the count would race.)
-        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+def test_connection_limit_serves_exactly_the_limit_then_answers_json_503_with_retry_after(model_path: Path) -> None:
+    # uvicorn's own answer past limit_concurrency was plain text "Service Unavailable" without Retry-After, and it
+    # counted the asking connection against the limit, so EMOTION_MAX_CONNECTIONS=3 served only two at once.
+    with serve(model_path, max_connections=3, retry_after=7) as server:
         unfinished = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 9\r\n\r\n"
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         try:
             for sock in held:  # requests in flight: their bodies never finish
                 sock.sendall(unfinished)
-            deadline = time.monotonic() + 10  # until the server has taken all three in (slower on a busy machine)
+            # Two held, so every /metrics read is the third connection: served, until it sees all three in flight.
+            deadline = time.monotonic() + 10
+            while True:
+                r = httpx.get(f"{server.url}/metrics")
+                assert r.status_code == 200, (r.status_code, r.text)
+                if metric_value(r.text, "emotion_http_requests_in_flight") >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert metric_value(r.text, "emotion_http_requests_in_flight") >= 3, r.text
+            held.append(socket.create_connection(("127.0.0.1", server.port)))
+            held[-1].sendall(unfinished)
+            deadline = time.monotonic() + 10  # a fourth connection is one too many
             while (r := httpx.get(f"{server.url}/healthz")).status_code != 503 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert r.status_code == 503 and r.headers["retry-after"] == "7", (r.headers, r.text)

@@ -111,6 +111,10 @@ def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker == 0x00:
+            # A stuffed zero outside a scan: libjpeg skips it as garbage and reads the next marker, where this walk
+            # would read a length and skip past the real frame header to a tiny one hidden in a later segment.
+            return None
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length field
             i += 2
             continue

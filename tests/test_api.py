@@ -148,6 +148,17 @@ def test_decompression_bomb_is_refused_and_server_stays_up(client: httpx.Client,
     assert client.post("/predict", content=astronaut_jpeg, headers={"content-type": "image/jpeg"}).status_code == 200
 
 
+def test_jpeg_hiding_its_size_is_refused(client: httpx.Client, astronaut_bgr: np.ndarray) -> None:
+    # 400x400 = 160,000 pixels, over this server's 100,000, in a JPEG whose marker walk found a 1x1 frame header:
+    # it was answered 200 with width 400, decoded at full size past the pixel limit.
+    from test_pipeline import jpeg_hiding_its_size
+
+    gray = cv2.cvtColor(cv2.resize(astronaut_bgr, (400, 400)), cv2.COLOR_BGR2GRAY)
+    hidden = jpeg_hiding_its_size(cv2.imencode(".jpg", gray)[1].tobytes())
+    r = client.post("/predict", content=hidden, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 400 and "could not decode" in r.json()["detail"], r.text
+
+
 def test_twenty_concurrent_requests(live_server: LiveServer, astronaut_jpeg: bytes) -> None:
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as c:

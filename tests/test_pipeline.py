@@ -83,6 +83,30 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return b"\xff\xd8" + app0 + sof + b"\xff\xda" + b"\x00" * 100
 
 
+def jpeg_hiding_its_size(jpeg: bytes) -> bytes:
+    """``jpeg`` (a baseline JPEG as OpenCV writes it) made to claim 1x1 to a marker walk: a stuffed zero (FF 00) after
+    SOI, which libjpeg skips as garbage, is followed by a "length" that reaches past the real frame header into an
+    APP1 segment holding a 1x1 one (libjpeg skips APP1). libjpeg still decodes the full image."""
+    i = 2
+    while jpeg[i + 1] not in (0xC0, 0xC2):
+        i += 2 + struct.unpack(">H", jpeg[i + 2 : i + 4])[0]
+    sof_end = i + 2 + struct.unpack(">H", jpeg[i + 2 : i + 4])[0]
+    tiny_sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 1, 1, 1) + b"\x01\x11\x00"
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(tiny_sof)) + tiny_sof
+    skip = 2 + (sof_end - 2) + 4  # its own two bytes, the real segments up to the end of SOF, APP1's header
+    return jpeg[:2] + b"\xff\x00" + struct.pack(">H", skip) + jpeg[2:sof_end] + app1 + jpeg[sof_end:]
+
+
+def test_a_jpeg_cannot_hide_its_size_behind_a_stuffed_zero(astronaut_bgr: np.ndarray) -> None:
+    jpeg = cv2.imencode(".jpg", cv2.resize(astronaut_bgr, (1000, 1000)))[1].tobytes()
+    hidden = jpeg_hiding_its_size(jpeg)
+    assert cv2.imdecode(np.frombuffer(hidden, np.uint8), cv2.IMREAD_COLOR).shape == (1000, 1000, 3)
+    assert image_format_and_size(hidden) is None  # was ("jpeg", 1, 1): the pixel limit never saw 1000x1000
+    with pytest.raises(InputError) as err:
+        decode_image(hidden, Settings(max_pixels=1000 * 1000 - 1))
+    assert err.value.status_code == 400
+
+
 @pytest.mark.parametrize("bomb", [png_claiming(100_000, 100_000), jpeg_claiming(60_000, 60_000)])
 def test_refuses_decompression_bombs_from_the_header(bomb: bytes) -> None:
     assert len(bomb) < 2000

@@ -10,8 +10,10 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
+from uvicorn.config import LOG_LEVELS as UVICORN_LOG_LEVELS
 
-from server.config import Settings
+from server.config import LOG_LEVELS, Settings, settings_problems
 from server.limits import uvicorn_options
 from server.metrics import MULTIPROC_ENV
 
@@ -33,8 +35,11 @@ def prepare_metrics_dir() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    defaults = Settings()
     parser = argparse.ArgumentParser(prog="emotion-server", description="Run the facial-emotion service.")
+    try:
+        defaults = Settings()
+    except ValidationError as exc:  # a bad EMOTION_* value: one line naming it, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {settings_problems(exc)}\n")
     parser.add_argument("--host", default=defaults.host, help="bind address (env EMOTION_HOST, default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (env EMOTION_PORT, default %(default)s)")
     parser.add_argument(
@@ -44,11 +49,19 @@ def main(argv: list[str] | None = None) -> None:
         help="worker processes sharing the port, each with its own models and CPU threads "
         "(env EMOTION_WORKERS, default %(default)s)",
     )
-    parser.add_argument("--log-level", default=defaults.log_level, help="(env EMOTION_LOG_LEVEL)")
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=defaults.log_level,
+        help="(env EMOTION_LOG_LEVEL, default %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    if not 0 <= args.port <= 65535:  # the socket layer would bind the port modulo 65536
+        parser.error(f"--port must be from 0 to 65535, got {args.port}")
+    logging.basicConfig(level=UVICORN_LOG_LEVELS[args.log_level], format="%(levelname)s:     %(name)s: %(message)s")
     # The workers read their settings from the environment: they need the count to share out the CPUs.
     os.environ["EMOTION_WORKERS"] = str(args.workers)
     own_metrics_dir = prepare_metrics_dir() if args.workers > 1 else None
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            log_level=args.log_level.lower(),
+            log_level=args.log_level,
             timeout_graceful_shutdown=defaults.shutdown_timeout,
             **uvicorn_options(defaults),
         )

@@ -10,7 +10,7 @@ Videos and the webcam are streams: each face keeps a track id (``#2``) and its l
 (``--smoothing S``, default ``EMOTION_SMOOTHING_SECONDS``; 0 for each frame's own values).
 
 ``--model``, ``--detector`` and ``--yunet`` (or the ``EMOTION_*`` environment variables) pick the models. Exit
-status: 0 done, 1 a file could not be read or analysed, 2 bad usage, 130 interrupted.
+status: 0 done, 1 a file could not be read or analysed or a setting was refused, 2 bad usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ class ProgressBar:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    from server.config import Settings
+    from pydantic import ValidationError
+
+    from server.config import Settings, settings_problems
 
     overrides: dict[str, object] = {}
     if args.model is not None:
@@ -138,7 +140,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         overrides["yunet_path"] = args.yunet
         # Naming a YuNet file means using it: a missing or wrong file is an error, not a quiet fall back to Haar.
         overrides.setdefault("detector", "yunet")
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:  # a bad EMOTION_* value: one line naming it, not a traceback
+        raise CliError(settings_problems(exc)) from exc
 
 
 def load_tracker(args: argparse.Namespace, settings: Settings):  # -> FaceTracker

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.detector import YUNET_SHA256
@@ -29,6 +29,9 @@ def data_dir(name: str) -> Path:
     packaged = Path(str(resources.files("server") / name))
     return packaged if packaged.is_dir() else REPO_ROOT / name
 
+
+# uvicorn's log levels (its --log-level); "trace" is below debug.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 # The page sends the API key as a WebSocket subprotocol, which allows only these characters.
 API_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{8,}")
@@ -53,7 +56,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    log_level: str = "info"
+    log_level: str = "info"  # one of LOG_LEVELS, any case
 
     # Models.
     model_path: Path = Path("models/emotion_ferplus.onnx")
@@ -164,6 +167,13 @@ class Settings(BaseSettings):
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"the log level must be one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
     @field_validator("api_key")
     @classmethod
     def _token_characters(cls, value: SecretStr | None) -> SecretStr | None:
@@ -173,6 +183,15 @@ class Settings(BaseSettings):
         if not API_KEY_PATTERN.fullmatch(value.get_secret_value()):
             raise ValueError("the API key must be 8 or more letters, digits or - . _ ~ characters")
         return value
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """What a ``Settings`` refused, one ``EMOTION_<NAME>: why`` per setting (never the value: it may be the key)."""
+    problems = []
+    for error in exc.errors():
+        name = f"EMOTION_{str(error['loc'][0]).upper()}" if error["loc"] else "settings"
+        problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
 
 @lru_cache

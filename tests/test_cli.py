@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -222,6 +223,55 @@ def test_serve_starts_the_service(model_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def run_with_env(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **env}
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"EMOTION_PORT": "abc"}, [], "EMOTION_PORT: Input should be a valid integer"),
+        ({"EMOTION_LOG_LEVEL": "verbose"}, [], "EMOTION_LOG_LEVEL: the log level must be one of critical, error"),
+        ({"EMOTION_API_KEY": "secret!"}, [], "EMOTION_API_KEY: the API key must be 8 or more"),
+        ({}, ["--port", "70000"], "--port must be from 0 to 65535, got 70000"),
+        ({}, ["--log-level", "verbose"], "argument --log-level: invalid choice: 'verbose'"),
+    ],
+)
+def test_server_refuses_bad_settings_in_one_line(env: dict[str, str], args: list[str], message: str) -> None:
+    # Were: a pydantic or logging traceback; an unknown log level passed the settings; --port 70000 served on 4464
+    # (the socket layer takes the port modulo 65536) while the log said 70000.
+    result = run_with_env(env, "-m", "server", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"emotion-server: error: {message}" in result.stderr.splitlines()[-1]
+    assert "secret!" not in result.stderr  # a refused key is not echoed
+
+
+def test_cli_refuses_a_bad_setting_in_one_line(astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    result = run_with_env({"EMOTION_MAX_FACES": "0"}, "-m", "server.cli", "image", str(photo))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "emotion: error: EMOTION_MAX_FACES: Input should be greater than or equal to 1\n"
+
+
+def test_serve_takes_uvicorns_trace_log_level(model_path: Path) -> None:
+    # uvicorn's own "trace" level, which the standard logging module does not know: was a ValueError traceback.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EMOTION_MODEL_PATH": str(model_path), "EMOTION_DETECTOR": "haar"}
+    command = [sys.executable, "-m", "server", "--port", str(port), "--log-level", "TRACE"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_until_ready(proc, port, "python -m server --log-level TRACE").json()["ready"] is True
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    assert "TRACE:" in output and "Traceback" not in output
 
 
 def test_timestamps() -> None:

@@ -348,8 +348,8 @@ def open_camera(device: str):  # -> cv2.VideoCapture
 def cmd_webcam(args: argparse.Namespace) -> int:
     import cv2
 
-    if args.every <= 0:
-        raise CliError("--every must be positive")
+    if not (math.isfinite(args.every) and args.every > 0):  # nan or inf would end in a traceback at the first line
+        raise CliError("--every must be a positive number of seconds")
     settings = load_settings(args)
     tracker = load_tracker(args, settings)
     pipeline = load_pipeline(settings)

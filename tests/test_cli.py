@@ -225,6 +225,15 @@ def test_serve_starts_the_service(model_path: Path) -> None:
         proc.wait(timeout=20)
 
 
+@pytest.mark.parametrize("every", ["nan", "inf", "0"])
+def test_webcam_every_must_be_a_positive_number(model_path: Path, tmp_path: Path, every: str) -> None:
+    # nan and inf passed the check and ended in a traceback (ValueError, OverflowError) at the first line.
+    clip = face_then_no_face(tmp_path / "cam.avi", 1, 0)
+    result = emotion(model_path, "webcam", "--device", clip, "--every", every, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "emotion: error: --every must be a positive number of seconds\n"
+
+
 def run_with_env(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **env}

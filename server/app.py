@@ -46,7 +46,7 @@ from server.schemas import ErrorResponse, HealthResponse, ModelInfo, PredictResp
 from server.shutdown import GracefulShutdown
 from server.tracker import FaceTracker
 from server.uploads import receive_upload
-from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, discard, ndjson_lines, receive_video
+from server.video import EVERY_MAX, EVERY_MIN, VideoAnalysis, check_temp_dir, discard, ndjson_lines, receive_video
 
 log = logging.getLogger("server")
 T = TypeVar("T")
@@ -394,6 +394,7 @@ async def metrics(request: Request) -> Response:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
+    check_temp_dir(settings.video_temp_dir)  # a folder video uploads cannot be written to stops start-up, named
     # A model that breaks the contract stops start-up here, with the ModelError naming the key.
     pipeline = EmotionPipeline.from_settings(settings)
     spec = pipeline.classifier.spec

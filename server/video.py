@@ -524,6 +524,22 @@ class VideoAnalysis:
 RunBlocking = Callable[..., Awaitable[Any]]
 
 
+def check_temp_dir(temp_dir: str | Path | None) -> None:
+    """At start-up: ``temp_dir`` (``EMOTION_VIDEO_TEMP_DIR``; None: the system's) is created when missing and takes a
+    file; ``RuntimeError`` naming it otherwise. An unusable folder (a file, read-only, not creatable) would otherwise
+    turn every video upload into a 500 while the service looked ready."""
+    if temp_dir is None:
+        return
+    try:
+        Path(temp_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix="emotion-video-", dir=temp_dir):
+            pass
+    except OSError as exc:
+        raise RuntimeError(
+            f"EMOTION_VIDEO_TEMP_DIR {temp_dir}: video uploads cannot be written there ({exc.strerror or exc})"
+        ) from exc
+
+
 async def receive_video(
     headers: Mapping[str, str],
     chunks: AsyncIterable[bytes],

@@ -269,6 +269,22 @@ def test_startup_refuses_a_contract_breaking_model(make_model) -> None:
         asyncio.run(start())
 
 
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_startup_refuses_a_video_temp_dir_it_cannot_write(model_path: Path, tmp_path: Path, kind: str) -> None:
+    # Was: the service started and answered every video upload 500 (FileExistsError / NotADirectoryError).
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    temp_dir = a_file if kind == "a file" else a_file / "videos"
+    app = create_app(make_settings(model_path, "haar", video_temp_dir=temp_dir))
+
+    async def start() -> None:
+        async with lifespan(app):
+            pass
+
+    with pytest.raises(RuntimeError, match=f"EMOTION_VIDEO_TEMP_DIR {temp_dir}: video uploads cannot be written"):
+        asyncio.run(start())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -539,7 +539,8 @@ class WebFiles(StaticFiles):
             answer = JSONResponse({"detail": detail}, status_code=426, headers={"Upgrade": "websocket"})
             await answer(scope, receive, send)
             return
-        allowed = self.api_methods.get(path) if scope["type"] == "http" else None
+        # The page's files take GET and HEAD; StaticFiles' own 405 for them had no Allow header (RFC 9110 asks one).
+        allowed = self.api_methods.get(path, {"GET", "HEAD"}) if scope["type"] == "http" else None
         if allowed and scope["method"] not in allowed:
             methods = ", ".join(sorted(allowed))
             detail = f"method {scope['method']} is not allowed on {path}: use {methods}"

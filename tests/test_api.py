@@ -223,6 +223,8 @@ def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Clie
         ("GET", "/predict", "POST"),
         ("GET", "/predict/video", "POST"),
         ("PUT", "/model", "GET, HEAD"),
+        ("POST", "/app.js", "GET, HEAD"),  # a page file: was StaticFiles' 405 without an Allow header
+        ("DELETE", "/no-such-page", "GET, HEAD"),
     ]:
         r = client.request(method, path)
         assert r.status_code == 405, (method, path, r.status_code)

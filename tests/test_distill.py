@@ -172,6 +172,38 @@ def test_low_resolution_augmentation_shrinks_and_enlarges_the_share_it_is_given(
     assert bool((detail(half[changed]) < detail(plain[changed])).all())
 
 
+def test_camera_fault_augmentation_changes_the_share_it_is_given_and_draws_nothing_when_off():
+    x = torch.rand(400, 1, 40, 40) * 0.5 + 0.25  # mid-grey texture: exposure, contrast and noise all show
+
+    def run(**kw):
+        return augment(x.clone(), 40, torch.Generator().manual_seed(3), erase_prob=0.0, **kw)
+
+    plain = run()
+    # Off, it draws nothing: every existing recipe keeps its random stream.
+    assert torch.equal(run(degrade_prob=0.0, rng=np.random.default_rng(5)), plain)
+    # On for a share: about that share of the images differs, the rest are untouched, pixels stay in [0, 1].
+    some = run(degrade_prob=0.5, rng=np.random.default_rng(5))
+    changed = (some != plain).flatten(1).any(1)
+    assert 150 < int(changed.sum()) < 250
+    assert float(some.min()) >= 0 and float(some.max()) <= 1
+    # On for all: exposure and contrast vary from image to image far more than the plain images' do.
+    every = run(degrade_prob=1.0, rng=np.random.default_rng(5))
+    assert bool((every != plain).flatten(1).any(1).all())
+    assert float(every.mean((1, 2, 3)).std()) > 3 * float(plain.mean((1, 2, 3)).std())
+    assert float(every.std((1, 2, 3)).std()) > 3 * float(plain.std((1, 2, 3)).std())
+
+
+def test_degrade_blurs_with_the_width_the_host_draws():
+    from training.train import degrade  # noqa: PLC0415
+
+    x = torch.rand(64, 1, 40, 40)
+    detail = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()  # noqa: E731
+    # Find a seed whose blur is wide (>= 0.9 px): the images lose most of their pixel-to-pixel detail, noise or not.
+    seed = next(s for s in range(100) if np.random.default_rng(s).uniform(0, 1.2) >= 0.9)
+    blurred = degrade(x.clone(), torch.Generator().manual_seed(0), np.random.default_rng(seed))
+    assert blurred.shape == x.shape and float(detail(blurred)) < 0.6 * float(detail(x))
+
+
 @pytest.mark.parametrize("side", [0, 40])
 def test_low_resolution_side_outside_the_input_is_refused(side, tmp_path):
     with pytest.raises(ValueError, match="--lowres-min must be from 1 to input_size - 1"):

@@ -41,7 +41,7 @@ from training.data import (  # noqa: E402
     load_image_folder,
     resize_faces,
 )
-from training.evaluate import classification_report, evaluate_onnx, split_faces  # noqa: E402
+from training.evaluate import camera_fault, classification_report, evaluate_onnx, split_faces  # noqa: E402
 from training.export import (  # noqa: E402
     FRAME,
     MARGINS,
@@ -475,9 +475,13 @@ def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer,
     # The same faces made small: a share right per side, printed too.
     assert set(metrics["small_faces"]) == {"32", "24", "16"}
     assert all(0 <= v <= 1 for v in metrics["small_faces"].values())
+    # The same faces as a poor camera gives them: a share right per fault, printed too.
+    assert set(metrics["camera_faults"]) == {"dark", "low_contrast", "noise", "blur", "jpeg"}
+    assert all(0 <= v <= 1 for v in metrics["camera_faults"].values())
     text = capsys.readouterr().out
     assert f"accuracy {metrics['accuracy']:.4f}" in text
     assert f"16 px {metrics['small_faces']['16']:.1%}" in text
+    assert f"jpeg {metrics['camera_faults']['jpeg']:.1%}" in text
 
 
 def test_small_faces_are_shrunk_then_enlarged_as_the_server_enlarges_a_small_crop(exported, trained):
@@ -493,6 +497,28 @@ def test_small_faces_are_shrunk_then_enlarged_as_the_server_enlarges_a_small_cro
     photo = np.full((100, 100), 128, np.uint8)
     photo[30:46, 40:56] = small
     np.testing.assert_array_equal(crop_face(photo, (40, 30, 16, 16), 0.0, 40, 1), faces[0])
+
+
+def test_camera_faults_darken_flatten_add_noise_blur_and_compress_each_face():
+    rng = np.random.default_rng(1)
+    # Faces with structure: a gradient with a bright blob, plus texture, so each fault shows in its own statistic.
+    yy, xx = np.mgrid[:48, :48]
+    base = 40 + 3 * xx + 80 * np.exp(-((yy - 20) ** 2 + (xx - 24) ** 2) / 60.0)
+    faces = np.clip(base[None] + rng.normal(0, 4, (6, 48, 48)), 0, 255).astype(np.uint8)
+    detail = lambda f: np.abs(np.diff(f - base, axis=2)).mean()  # noqa: E731  (the texture, not the gradient)
+    dark, flat = camera_fault(faces, "dark"), camera_fault(faces, "low_contrast")
+    assert dark.dtype == np.uint8 and dark.shape == faces.shape
+    assert dark.mean() < 0.6 * faces.mean()
+    assert flat.std((1, 2)).mean() == pytest.approx(0.4 * faces.std((1, 2)).mean(), rel=0.05)
+    assert abs(flat.mean() - faces.mean()) < 1
+    noisy = camera_fault(faces, "noise")
+    assert np.array_equal(noisy, camera_fault(faces, "noise"))  # seeded: every evaluation sees the same noise
+    assert (noisy.astype(float) - faces).std() == pytest.approx(15, rel=0.1)
+    assert detail(camera_fault(faces, "blur")) < 0.5 * detail(faces)
+    jpeg = camera_fault(faces, "jpeg")
+    assert jpeg.shape == faces.shape and 0 < np.abs(jpeg.astype(float) - faces).mean() < 20
+    with pytest.raises(ValueError, match="unknown camera fault 'fog'"):
+        camera_fault(faces, "fog")
 
 
 def test_metadata_is_updated_in_place_and_the_data_arguments_read_the_same_everywhere(exported, tmp_path):

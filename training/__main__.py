@@ -23,6 +23,8 @@ HELP = {
     "erase_prob": "share of training images that get a random grey rectangle (random erasing)",
     "lowres_prob": "share of training images shrunk to a random smaller size and enlarged back (small faces)",
     "lowres_min": "smallest side in pixels that --lowres-prob shrinks an image to",
+    "degrade_prob": "share of training images given a camera's faults at random strengths: exposure, contrast, "
+    "blur, noise",
     "val_tta": "pick checkpoints on flip-averaged PublicTest accuracy (for export with in-graph TTA)",
     "threads": "torch CPU threads (0: torch's default)",
     "init": "start from the weights of this checkpoint (e.g. runs/joint/last.pt) with a fresh schedule",

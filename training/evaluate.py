@@ -1,7 +1,7 @@
 """Evaluate an exported ONNX model exactly as the server runs it: the server's EmotionClassifier on area-resized faces.
 
 Writes `metrics.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, calibration error,
-accuracy on the same faces made small),
+accuracy on the same faces made small and as a poor camera gives them),
 `confusion_matrix.png`, `reliability.png` and, given the training history, `learning_curves.png`.
 """
 
@@ -52,12 +52,15 @@ def report_from_confusion(cm: np.ndarray, labels: list[str]) -> dict:
     }
 
 
-def split_faces(spec, ds: FaceDataset, split: str, side: int | None = None) -> tuple[str, np.ndarray, np.ndarray, int]:
+def split_faces(
+    spec, ds: FaceDataset, split: str, side: int | None = None, fault: str | None = None
+) -> tuple[str, np.ndarray, np.ndarray, int]:
     """A split's faces as the model takes them (area-resized uint8) and their labels for the model's head:
     (head, faces, truth, rows dropped by the FER+ majority protocol: unknown / not-a-face / tied).
 
     With `side`, each face is first shrunk to side x side pixels and then enlarged to the model's input, bilinearly,
-    as the server's crop enlarges a face that small in a photo: how the model fares on small faces."""
+    as the server's crop enlarges a face that small in a photo: how the model fares on small faces. With `fault`
+    (one of CAMERA_FAULTS), each 48 px face first gets that fault (`camera_fault`)."""
     head = spec.metadata.get("label_source", "fer2013")
     if head not in ds.targets:
         head = next((h for h in ds.targets if ds.labels[h] == spec.labels), head)
@@ -69,6 +72,8 @@ def split_faces(spec, ds: FaceDataset, split: str, side: int | None = None) -> t
     truth = ds.hard_labels(head)[idx]
     keep = truth >= 0
     faces = ds.images[idx][keep]
+    if fault is not None:
+        faces = camera_fault(faces, fault)
     if side is not None:
         h, w = spec.input_size
         interp = cv2.INTER_LINEAR if side < min(h, w) else cv2.INTER_AREA  # as the server's crop_face picks
@@ -78,6 +83,32 @@ def split_faces(spec, ds: FaceDataset, split: str, side: int | None = None) -> t
     if spec.channels == 3:
         faces = np.repeat(faces[..., None], 3, axis=3)
     return head, faces, truth[keep], int((~keep).sum())
+
+
+CAMERA_FAULTS = ("dark", "low_contrast", "noise", "blur", "jpeg")
+
+
+def camera_fault(faces: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """uint8 faces as a poor camera gives them, at one fixed strength each: `dark` (underexposed: gamma 2.2, then
+    x0.8), `low_contrast` (x0.4 about each face's mean), `noise` (Gaussian, sigma 15 of 255, seeded), `blur`
+    (Gaussian, sigma 1.2 px on a 48 px face: defocus or motion) and `jpeg` (quality 15, a starved video stream).
+    `train --degrade-prob` teaches the first four at random strengths; JPEG is never trained on."""
+    f = faces.astype(np.float32) / 255
+    if kind == "dark":
+        f = f**2.2 * 0.8
+    elif kind == "low_contrast":
+        mean = f.mean((1, 2), keepdims=True)
+        f = (f - mean) * 0.4 + mean
+    elif kind == "noise":
+        f = f + np.random.default_rng(seed).normal(0, 15 / 255, f.shape).astype(np.float32)
+    elif kind == "blur":
+        f = np.stack([cv2.GaussianBlur(x, (0, 0), 1.2, borderType=cv2.BORDER_REPLICATE) for x in f])
+    elif kind == "jpeg":
+        jpeg = [cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 15])[1] for x in faces]
+        return np.stack([cv2.imdecode(b, cv2.IMREAD_GRAYSCALE) for b in jpeg])
+    else:
+        raise ValueError(f"unknown camera fault {kind!r} (expected one of {', '.join(CAMERA_FAULTS)})")
+    return (np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int = 15) -> dict:
@@ -137,6 +168,10 @@ def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicT
     for side in SMALL_FACE_SIDES:
         shrunk = split_faces(spec, ds, split, side)[1]
         small[str(side)] = round(float((infer_batched(classifier, shrunk).argmax(1) == truth).mean()), 4)
+    faults = {}
+    for kind in CAMERA_FAULTS:
+        faulty = split_faces(spec, ds, split, fault=kind)[1]
+        faults[kind] = round(float((infer_batched(classifier, faulty).argmax(1) == truth).mean()), 4)
     report.update(
         split=split,
         model=str(model_path),
@@ -145,6 +180,7 @@ def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicT
         ms_per_face_batched=round(1000 * seconds / len(faces), 3),
         calibration=calibration_error(probs, truth),
         small_faces=small,
+        camera_faults=faults,
     )
     return report
 
@@ -314,5 +350,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  calibration error {cal['ece']:.3f} (mean confidence {cal['mean_confidence']:.3f})")
     small = ", ".join(f"{side} px {acc:.1%}" for side, acc in report["small_faces"].items())
     print(f"  small faces (each shrunk to a side, then enlarged to the input): {small}")
+    faults = ", ".join(f"{kind} {acc:.1%}" for kind, acc in report["camera_faults"].items())
+    print(f"  camera faults (each face underexposed, flat, noisy, blurred or JPEG-starved): {faults}")
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'reliability.png'}")
     return 0

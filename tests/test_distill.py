@@ -362,13 +362,25 @@ def test_a_plan_runs_teachers_soft_targets_and_student_in_one_command(packed, tm
             {"soft_targets": {"runs": [str(tmp_path / "t1"), str(tmp_path / "t2")], "out": str(tmp_path / "t.npz")}},
             {"train": {"out": str(tmp_path / "student"), "soft_targets": str(tmp_path / "t.npz")}},
         ],
+        "collect": [str(tmp_path / "t.npz"), str(tmp_path / "student" / "best_ferplus.pt"), str(tmp_path / "nope")],
     }
     plan_path.write_text(json.dumps(plan))
     lines: list[str] = []
-    summary = run_plan(load_plan(plan_path), data=str(packed["path"]), log=lines.append)
+    back = tmp_path / "out"
+    summary = run_plan(load_plan(plan_path), data=str(packed["path"]), log=lines.append, collect_into=back)
     assert [row["step"] for row in summary] == [1, 2, 3, 4]
     assert (tmp_path / "student" / "best_ferplus.pt").exists() and (tmp_path / "t.npz").exists()
     assert "ensemble" in summary[2] and summary[3]["epochs"] == 2
+    # What a machine that is given back returns: the named files, flat and byte for byte, and every run's history.
+    flat = lambda p: back / "_".join(Path(p).parts[1:])  # noqa: E731  (absolute paths here: no leading "/")
+    assert sorted(f.name for f in back.iterdir()) == sorted(
+        ["summary.json", flat(plan["collect"][0]).name, flat(plan["collect"][1]).name]
+    )
+    assert flat(plan["collect"][1]).read_bytes() == (tmp_path / "student" / "best_ferplus.pt").read_bytes()
+    collected = json.loads((back / "summary.json").read_text())
+    assert [len(row.get("history", [])) for row in collected] == [2, 2, 0, 2]
+    # Collected after every step: after step 1 the soft targets did not exist yet and were not claimed.
+    assert any(line.startswith("collected into") and "npz" not in line for line in lines)
     # Run again: every step is complete, nothing is retrained.
     lines.clear()
     run_plan(load_plan(plan_path), data=str(packed["path"]), steps="3-4", log=lines.append)
@@ -377,6 +389,9 @@ def test_a_plan_runs_teachers_soft_targets_and_student_in_one_command(packed, tm
     plan["steps"].append({"train": {"out": "x", "learning_rate": 1}})
     plan_path.write_text(json.dumps(plan))
     with pytest.raises(ValueError, match=r"step 5 \(train\) has unknown keys \['learning_rate'\]"):
+        load_plan(plan_path)
+    plan_path.write_text(json.dumps({"steps": [], "colect": []}))
+    with pytest.raises(ValueError, match=r"unknown top-level keys \['colect'\]"):
         load_plan(plan_path)
 
 

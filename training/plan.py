@@ -2,9 +2,14 @@
 command, for a machine that gives 10 minutes per command.
 
 A plan is JSON: `defaults` (TrainConfig fields shared by every run) and `steps`, each `{"train": {...}}` (TrainConfig
-fields, `minutes` its time budget) or `{"soft_targets": {"runs": [...], "out": "..."}}`. Every step resumes or is
-skipped when its output is complete, so the same command can be run again after a cut-off, and a run that reaches
-its budget shortens its schedule to fit and leaves its best checkpoints in its folder. See training/plans/.
+fields, `minutes` its time budget) or `{"soft_targets": {"runs": [...], "out": "..."}}`, and optionally `collect`:
+the files worth bringing back from a machine that is given back after the command (the student's checkpoints, the
+soft targets). Every step resumes or is skipped when its output is complete, so the same command can be run again
+after a cut-off, and a run that reaches its budget shortens its schedule to fit and leaves its best checkpoints in
+its folder. With `--collect DIR`, after every step the `collect` files that exist so far are copied into DIR, named
+by their path (`runs/gpu/student/best_ferplus.pt` -> `runs_gpu_student_best_ferplus.pt`), beside `summary.json`
+(each step's result and each run's history): a command killed at its time limit still leaves the finished steps'
+work there. See training/plans/.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -33,7 +39,32 @@ def load_plan(path: str | Path) -> dict:
     unknown = set(plan.get("defaults", {})) - fields
     if unknown:
         raise ValueError(f"{path}: defaults have unknown keys {sorted(unknown)}")
+    unknown = set(plan) - {"description", "defaults", "steps", "collect"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    if not all(isinstance(p, str) for p in plan.get("collect", [])):
+        raise ValueError(f"{path}: collect must be a list of paths")
     return plan
+
+
+def collect(paths: list[str], summary: list[dict], into: Path) -> list[Path]:
+    """Copy the files of `paths` that exist into `into`, flat, named by their path; write the summary beside them
+    with each train step's history. Returns what was written."""
+    into.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row in summary:
+        history = Path(row["train"]) / "history.json" if "train" in row else None
+        rows.append(
+            {**row, "history": json.loads(history.read_text())["history"]} if history and history.exists() else row
+        )
+    written = [into / "summary.json"]
+    written[0].write_text(json.dumps(rows, indent=1))
+    for path in map(Path, paths):
+        if path.is_file():
+            target = into / "_".join(p for p in path.parts if p not in (path.anchor, ".."))
+            shutil.copyfile(path, target)
+            written.append(target)
+    return written
 
 
 def parse_steps(text: str | None, n: int) -> list[int]:
@@ -50,7 +81,12 @@ def parse_steps(text: str | None, n: int) -> list[int]:
 
 
 def run_plan(
-    plan: dict, data: str | None = None, minutes_scale: float = 1.0, steps: str | None = None, log=print
+    plan: dict,
+    data: str | None = None,
+    minutes_scale: float = 1.0,
+    steps: str | None = None,
+    log=print,
+    collect_into: str | Path | None = None,
 ) -> list[dict]:
     from training.distill import save_soft_targets, teacher_probabilities  # noqa: PLC0415
     from training.train import TrainConfig, pick_device, train  # noqa: PLC0415
@@ -83,6 +119,9 @@ def run_plan(
                 out.with_suffix(".json").write_text(json.dumps(report, indent=1))
             summary.append({"step": i, "soft_targets": str(out), **report})
         log(f"== step {i} took {(time.time() - t0) / 60:.1f} min")
+        if collect_into:
+            written = collect(plan.get("collect", []), summary, Path(collect_into))
+            log(f"collected into {collect_into}: {', '.join(p.name for p in written)}")
     log(f"plan done in {(time.time() - t_plan) / 60:.1f} min")
     for row in summary:
         log(json.dumps(row))
@@ -101,11 +140,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", default=None, help="which steps to run, e.g. 1-4 or 5,6 (default: all)")
     p.add_argument("--minutes-scale", type=float, default=1.0, help="multiply every step's time budget")
     p.add_argument("--summary", default=None, help="also write the summary as JSON here")
+    p.add_argument(
+        "--collect", default=None, help="after every step, copy the plan's `collect` files and summary.json here"
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    summary = run_plan(load_plan(args.plan), args.data, args.minutes_scale, args.steps)
+    summary = run_plan(load_plan(args.plan), args.data, args.minutes_scale, args.steps, collect_into=args.collect)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1))
     return 0

@@ -88,7 +88,11 @@ class AccessMiddleware:
         if origin is None or "*" in self.allowed_origins or origin.rstrip("/").lower() in self.allowed_origins:
             return True
         # Same origin: the page's scheme://host:port against the Host it connected to (ws vs http does not matter).
-        return urlsplit(origin).netloc.lower() == headers.get("host", "").lower() != ""
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # unbalanced brackets ("http://[::1"): no page's origin, so not this one
+            return False
+        return netloc.lower() == headers.get("host", "").lower() != ""
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):

@@ -216,3 +216,13 @@ def test_errors_reveal_no_paths_or_exception_classes(client: httpx.Client, model
         text = client.get(route).text
         assert "/" + model_path.parent.name + "/" not in text and str(Path.cwd()) not in text, route
     assert client.get("/model").json()["path"] == model_path.name
+
+
+@pytest.mark.parametrize("origin", ["http://[::1", "http://[evil.example"])
+def test_unparseable_origin_is_refused_not_a_500(server: LiveServer, origin: str) -> None:
+    with connect(ws_url(server), origin=origin) as ws:
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "origin" in error["error"], error
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

@@ -15,6 +15,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -112,10 +113,14 @@ class WorkPool:
         *,
         admit: bool = True,
         client_gone: Callable[[], Awaitable[Any]] | None = None,
+        release: Callable[[T], Any] | None = None,
     ) -> T:
         """``fn()`` in a thread. With ``client_gone`` (an awaitable that finishes when the client disconnects), the
-        job is cancelled and ``ClientGone`` raised if that happens first. Cancelling the caller cancels the job."""
-        job = asyncio.wrap_future(self.submit(fn, admit=admit))
+        job is cancelled and ``ClientGone`` raised if that happens first. Cancelling the caller cancels the job.
+        A job already running finishes unobserved: its result goes to ``release``, which frees what it holds (an
+        opened video's decoder and thread)."""
+        future = self.submit(fn, admit=admit)
+        job = asyncio.wrap_future(future)
         if client_gone is None:
             return await job
         watcher = asyncio.ensure_future(client_gone())
@@ -125,12 +130,19 @@ class WorkPool:
             watcher.cancel()
             if not job.done():
                 job.cancel()  # also cancels the queued thread job (a running one finishes unobserved)
+                if release is not None:
+                    future.add_done_callback(partial(_release_result, release))
         if job.cancelled():
             raise ClientGone
         return job.result()
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _release_result(release: Callable[[T], Any], future: Future[T]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        release(future.result())
 
 
 async def disconnected(receive: Callable[[], Awaitable[dict]]) -> None:

@@ -171,15 +171,23 @@ async def read_upload(request: Request, *, max_bytes: int, kind: str = "image", 
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
-async def run_cpu(request: Request, fn: Callable[..., T], *args: Any, admit: bool = True, watch: bool = True) -> T:
+async def run_cpu(
+    request: Request,
+    fn: Callable[..., T],
+    *args: Any,
+    admit: bool = True,
+    watch: bool = True,
+    release: Callable[[T], Any] | None = None,
+) -> T:
     """Run ``fn(*args)`` in the app's CPU pool, off the event loop, once the request body has been read.
 
     ``Overloaded`` (503) when ``admit`` and the queue is full. With ``watch``, a client that disconnects while the
     job waits gets it dropped (``ClientGone``, answered 499 for the metrics); a streaming response watches itself.
+    If the job was already running, its result is handed to ``release`` when it is done.
     """
     pool: WorkPool = request.app.state.pool
     client_gone = partial(disconnected, request.receive) if watch else None
-    return await pool.run(partial(fn, *args), admit=admit, client_gone=client_gone)
+    return await pool.run(partial(fn, *args), admit=admit, client_gone=client_gone, release=release)
 
 
 ABSOLUTE_DIRS = re.compile(r"(?<![\w.])(?:/[^\s/]+)+/")
@@ -300,7 +308,9 @@ async def predict_video(
         if smoothing is not None:
             tracker.smoothing_seconds = smoothing
         open_video = partial(VideoAnalysis.open, tracker=tracker)
-        analysis = await run_cpu(request, open_video, path, app.state.pipeline, every, settings)
+        # A client that leaves while the video opens: the opened decoder (and its thread) is closed when ready.
+        release = partial(discard, path=path, submit=app.state.executor.submit)
+        analysis = await run_cpu(request, open_video, path, app.state.pipeline, every, settings, release=release)
         if format == "ndjson":
             # The generator deletes the file when it ends, fails or the client disconnects; the background task
             # (run after a disconnect too) covers a stream that was cancelled before its first line.

@@ -301,6 +301,46 @@ def test_client_gone_during_upload_deletes_the_partial_file(
     assert not any("unhandled" in m for m in messages)  # not logged as a server error
 
 
+def test_client_gone_while_the_video_opens_closes_the_decoder(
+    server: LiveServer, clips: dict[str, Path], upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import threading
+
+    from server.video import VideoAnalysis
+
+    # Opening (probe, first frame, decode thread started) runs in a thread; the client hangs up meanwhile.
+    opened: list[VideoAnalysis] = []
+    client_left = threading.Event()
+    real_open = VideoAnalysis.open.__func__  # type: ignore[attr-defined]
+
+    def open_while_the_client_leaves(cls: type[VideoAnalysis], *args: object, **kwargs: object) -> VideoAnalysis:
+        analysis = real_open(cls, *args, **kwargs)
+        opened.append(analysis)
+        client_left.wait(10)
+        time.sleep(0.3)  # the route sees the disconnect while this job still runs
+        return analysis
+
+    monkeypatch.setattr(VideoAnalysis, "open", classmethod(open_while_the_client_leaves))
+    data = clips[".mp4"].read_bytes()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /predict/video HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(data) + data
+        )
+        deadline = time.monotonic() + 30
+        while not opened and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert opened, "the video was not opened"
+    client_left.set()
+    analysis = opened[0]
+    assert analysis._prefetcher is not None
+    analysis._prefetcher._thread.join(10)  # before: it waited forever to hand over its frames, holding the decoder
+    assert not analysis._prefetcher._thread.is_alive() and analysis._closed
+    assert wait_empty(upload_dir) == []
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
 @pytest.fixture(scope="module")
 def bad_files(
     tmp_path_factory: pytest.TempPathFactory, clips: dict[str, Path], astronaut_jpeg: bytes

@@ -1,13 +1,14 @@
 """Deadlines for reading a request, and the uvicorn options that carry the service's connection limits.
 
-uvicorn closes idle keep-alive connections (``timeout_keep_alive``), caps header size and open connections
-(``limit_concurrency``, 503 past it) and WebSocket messages (``ws_max_size``), but it has no deadline for reading a
-request: a client that sends its headers or its body a byte at a time holds a connection, and a task, forever.
-Two small pieces add those deadlines:
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``), caps open connections (``limit_concurrency``,
+503 past it) and WebSocket messages (``ws_max_size``), but it has no deadline for reading a request: a client that
+sends its headers or its body a byte at a time holds a connection, and a task, forever. Nor does it cap the headers
+with httptools, its faster parser (only h11 has a limit, 16 KiB). Two small pieces add those deadlines:
 
 - ``HeaderDeadline``: uvicorn's own HTTP protocol with one timer, armed when a connection opens and again after each
   answer. If it fires while no request is being served, the client has not finished the next request's headers
-  in time: it gets 408 (or, having sent nothing, just the close).
+  in time: it gets 408 (or, having sent nothing, just the close). A request whose headers pass ``MAX_HEADER_BYTES``
+  gets 431 and the close.
 - ``BodyDeadlineMiddleware``: the request's ASGI ``receive()`` with a deadline for the whole body and a shorter one
   for each chunk. Past either, the route's read raises ``BodyTimeout`` and the client gets 408 with
   ``Connection: close``. After the last chunk ``receive()`` is left alone (it then waits for a disconnect).
@@ -35,6 +36,12 @@ REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(REQUEST_TIMEOUT_BODY), REQUEST_TIMEOUT_BODY)
 )
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers; browsers send a few kB, nginx allows 32 kB by default
+HEADERS_TOO_LARGE_BODY = b'{"detail":"request headers over %d bytes"}' % MAX_HEADER_BYTES
+HEADERS_TOO_LARGE_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(HEADERS_TOO_LARGE_BODY), HEADERS_TOO_LARGE_BODY)
+)
 
 
 class HeaderDeadline:
@@ -58,6 +65,7 @@ class HeaderDeadline:
         self.retry_after = retry_after
         self._header_timer: asyncio.TimerHandle | None = None
         self._bytes_since_armed = 0
+        self._header_bytes: int | None = None  # bytes since the request began, until its headers are complete
         # uvicorn's own check answers plain text without Retry-After: the limit is checked in _admit instead.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
         self.app = partial(self._admit, self.app)
@@ -85,7 +93,23 @@ class HeaderDeadline:
 
     def data_received(self, data: bytes) -> None:
         self._bytes_since_armed += len(data)
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
+                self.transport.close()
+                return
         super().data_received(data)  # type: ignore[misc]
+
+    # httptools' parser callbacks (h11 never calls them: it has its own limit). httptools keeps a header it has not
+    # seen the end of in memory whatever its size, so the bytes of each request's headers are counted here.
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        self._header_bytes = None
+        super().on_headers_complete()  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]

@@ -226,3 +226,14 @@ def test_unparseable_origin_is_refused_not_a_500(server: LiveServer, origin: str
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_endless_request_headers_get_431(server: LiveServer) -> None:
+    # One header that never ends: httptools (uvicorn's parser here) buffers it without a size limit.
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+    answer, sent = send_until_answered(server.port, head, b"a" * 16384, 200_000_000)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b'"detail"' in answer and sent < 50_000_000, f"the server read {sent} bytes before refusing"
+    cookies = "; ".join(f"c{i}={'v' * 90}" for i in range(300))  # 28 kB of ordinary headers still pass
+    r = httpx.get(f"{server.url}/healthz", headers={"cookie": cookies})
+    assert r.status_code == 200, r.text

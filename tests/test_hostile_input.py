@@ -98,6 +98,29 @@ def test_boundary_over_the_parsers_limit_is_400(client: httpx.Client, route: str
 
 
 @pytest.mark.parametrize("route", ["/predict", "/predict/video"])
+def test_multipart_body_of_many_tiny_parts_is_400(client: httpx.Client, route: str) -> None:
+    from server.uploads import MAX_PARTS
+
+    image = jpeg(astronaut_frame(64, 48))
+
+    def form(fillers: int) -> bytes:
+        filler = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\ny\r\n' * fillers
+        return (
+            filler
+            + b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n%s\r\n--b--\r\n' % image
+        )
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    r = client.post(route, content=form(MAX_PARTS), headers=headers)  # the file is part MAX_PARTS + 1
+    assert r.status_code == 400, r.text
+    assert f"more than {MAX_PARTS} parts" in r.json()["detail"]
+    if route == "/predict":  # up to the limit a form is read as before
+        r = client.post(route, content=form(MAX_PARTS - 1), headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["width"] == 64
+
+
+@pytest.mark.parametrize("route", ["/predict", "/predict/video"])
 def test_empty_multipart_body_is_400(client: httpx.Client, route: str) -> None:
     r = client.post(route, content=b"", headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert r.status_code == 400, r.text

@@ -508,7 +508,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ClientGone)
     async def client_gone(_: Request, exc: ClientGone) -> Response:
-        log.info("client disconnected while its job waited for a thread: job dropped")
+        log.info("client disconnected before its job was done: job dropped (or its result released, if it was running)")
         return Response(status_code=499)
 
     app.include_router(router)

@@ -484,6 +484,28 @@ def test_evaluate_cli_writes_metrics_and_plots(tmp_path, exported, trained, fer,
     assert f"jpeg {metrics['camera_faults']['jpeg']:.1%}" in text
 
 
+def test_robustness_benchmark_prints_and_draws_what_evaluate_measures(tmp_path, exported, trained, fer):
+    reports = {head: evaluate_onnx(exported[head], trained["ds"], "PublicTest") for head in ("ferplus", "fer2013")}
+    bench = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/bench_robustness.py"),
+            str(exported["ferplus"]),
+            str(exported["fer2013"]),
+        ]
+        + ["--data", str(fer["gz"]), "--ferplus", str(fer["ferplus"]), "--plot", str(tmp_path / "robustness.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "clean | 32 px | 24 px | 16 px | dark | low_contrast | noise | blur | jpeg" in bench.stdout
+    for head, r in reports.items():
+        row = [r["accuracy"], *r["small_faces"].values(), *r["camera_faults"].values()]
+        assert f"{exported[head]}: " + " | ".join(f"{100 * v:.1f}" for v in row) in bench.stdout
+    assert _is_png(tmp_path / "robustness.png") and (tmp_path / "robustness.png").stat().st_size > 10_000
+
+
 def test_small_faces_are_shrunk_then_enlarged_as_the_server_enlarges_a_small_crop(exported, trained):
     spec = EmotionClassifier(exported["ferplus"]).spec
     ds = trained["ds"]

@@ -37,7 +37,7 @@ from starlette.routing import Route, WebSocketRoute
 from server import live
 from server.access import add_access_middleware, route_path
 from server.admission import ClientGone, Overloaded, WorkPool, disconnected
-from server.config import Settings, get_settings, resolve_path
+from server.config import Settings, data_dir, get_settings, resolve_path
 from server.limits import BodyDeadlineMiddleware, BodyTimeout
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
@@ -516,7 +516,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live.router)
     live.ClientTextErrorFilter.install()
 
-    web_dir = resolve_path(Path(settings.web_dir))
+    # Unless EMOTION_WEB_DIR is set, the page is the shipped one wherever the server starts: a `web` folder in the
+    # working directory (any project's) must not replace it.
+    web_dir = resolve_path(Path(settings.web_dir)) if "web_dir" in settings.model_fields_set else data_dir("web")
 
     @app.get("/", include_in_schema=False)
     async def index() -> Any:

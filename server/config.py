@@ -41,7 +41,8 @@ def resolve_path(path: Path) -> Path:
     """``path`` as given if it exists (or is absolute); else, for ``models/...`` and ``web``, the shipped copy.
 
     So the defaults (``models/emotion_ferplus.onnx``, ``web``) and ``EMOTION_MODEL_PATH=models/emotion_fer2013.onnx``
-    work from any directory, while a folder of that name in the working directory still wins.
+    work from any directory, while a file or folder of that name in the working directory still wins (the web page's
+    default does not come here: server/app.py).
     """
     path = Path(path)
     if path.is_absolute() or path.exists() or not path.parts or path.parts[0] not in DATA_DIRS:

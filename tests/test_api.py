@@ -259,6 +259,23 @@ def test_placeholder_page_without_web_dir(model_path: Path, tmp_path: Path) -> N
     assert r.status_code == 200 and "/docs" in r.text
 
 
+def test_default_page_is_the_shipped_one_from_any_directory(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `web` folder in the working directory (a user's own project) does not replace the page unless
+    EMOTION_WEB_DIR says so."""
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("<p>someone else's page</p>")
+    monkeypatch.chdir(tmp_path)
+    with LiveServer(create_app(make_settings(model_path, "haar"))) as server:
+        page = httpx.get(server.url + "/")
+        script = httpx.get(server.url + "/app.js")
+    assert page.status_code == 200 and "app.js" in page.text and script.status_code == 200
+    monkeypatch.setenv("EMOTION_WEB_DIR", "web")
+    with LiveServer(create_app(make_settings(model_path, "haar"))) as server:
+        assert "someone else's page" in httpx.get(server.url + "/").text
+
+
 def test_startup_refuses_a_contract_breaking_model(make_model) -> None:
     broken = make_model(metadata={"crop_margin": None})
     app = create_app(make_settings(broken, "haar"))

@@ -302,6 +302,34 @@ def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: 
     page.locator("#video-panel").screenshot(path=str(ARTIFACTS / "video-upload.png"))
 
 
+def test_a_new_video_upload_takes_over_the_panel(page, live_server, tmp_path: Path) -> None:
+    """Analysing another video while one streams: the first one's abort must not say "Cancelled." over the second
+    one or disable the second one's Cancel button."""
+    if "/predict/video" not in live_server.app.openapi()["paths"]:
+        pytest.skip("this build has no POST /predict/video route")
+    clip = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    face = cv2.cvtColor(astronaut_frame(320, 240), cv2.COLOR_RGB2BGR)
+    for _ in range(300):  # 30 s, analysed every 0.1 s: seconds of streaming
+        writer.write(face)
+    writer.release()
+
+    page.set_input_files("#video-file", str(clip))
+    page.fill("#video-every", "0.1")
+    page.click("#video-form button[type=submit]")
+    page.wait_for_function("document.getElementById('video-status').textContent.startsWith('Analysed up to')")
+    status, cancel_disabled = page.evaluate("""async () => {
+        document.querySelector('#video-form button[type=submit]').click();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        return [document.getElementById('video-status').textContent,
+                document.getElementById('video-cancel').disabled];
+    }""")
+    assert status != "Cancelled." and not cancel_disabled, (status, cancel_disabled)
+    page.click("#video-cancel")
+    page.wait_for_function("document.getElementById('video-status').textContent === 'Cancelled.'")
+    assert page.is_disabled("#video-cancel") and page.is_disabled("#video-report")
+
+
 def legend_colours(page, legend: str) -> dict[str, tuple[int, int, int]]:
     """Category -> RGB of its swatch, in legend order."""
     items = page.evaluate(

@@ -202,6 +202,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
         }
         if (line.summary) end = line;
       }
+      signal.throwIfAborted(); // the stream stopped because this analysis was cancelled or replaced
       const duration = end?.duration ?? last;
       const range = [0, Math.max(duration, series.size * seconds)];
       chart.update(series.points(), range);
@@ -228,10 +229,12 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       };
       reportButton.disabled = false;
     } catch (error) {
+      // A newer upload replaced this one: the panel is that upload's now.
+      if (signal.aborted && controller.signal !== signal) return;
       if (signal.aborted) setStatus(status, 'Cancelled.');
       else setStatus(status, `Could not analyse the video: ${error.message}`, 'error');
     } finally {
-      cancel.disabled = true;
+      if (controller.signal === signal) cancel.disabled = true;
     }
   });
 }

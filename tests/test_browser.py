@@ -82,11 +82,19 @@ def browser(playwright, camera_clip: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @contextmanager
-def open_page(context, url: str) -> Iterator[object]:
-    """A page of the service; fails the test if the console shows an error or a script throws."""
+def open_page(context, url: str, allowed_console: tuple[str, ...] = ()) -> Iterator[object]:
+    """A page of the service; fails the test if the console shows an error (other than ones containing one of
+    `allowed_console`, e.g. a 4xx the test asks for) or a script throws."""
     problems: list[str] = []
     page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on(
+        "console",
+        lambda m: (
+            m.type == "error"
+            and not any(text in m.text for text in allowed_console)
+            and problems.append(f"console: {m.text}")
+        ),
+    )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.goto(url + "/")
     # Labels come from GET /model.
@@ -246,6 +254,23 @@ def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
     assert canvas_colour_pixels(page, "#image-canvas", colours[emotion]) > 200
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#image-panel").screenshot(path=str(ARTIFACTS / "image-upload.png"))
+
+
+def test_image_refused_after_another_hides_the_last_image(browser, live_server, tmp_path: Path) -> None:
+    """An image the server refuses after one it analysed: the error is shown without the last image and its faces."""
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with open_page(browser, live_server.url, allowed_console=("status of 400",)) as page:
+        page.set_input_files("#image-file", str(photo))
+        page.click("#image-form button[type=submit]")
+        page.wait_for_function("document.getElementById('image-status').textContent.includes('found')")
+        assert page.is_visible("#image-canvas")
+        page.set_input_files("#image-file", str(text))
+        page.click("#image-form button[type=submit]")
+        page.wait_for_function("document.getElementById('image-status').textContent.startsWith('Could not analyse')")
+        assert not page.is_visible("#image-canvas") and page.locator("#image-faces li").count() == 0
 
 
 def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: Path) -> None:

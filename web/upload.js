@@ -64,6 +64,7 @@ export function setupImagePanel(getLabels) {
     }
     setStatus(status, 'Analysing…');
     list.replaceChildren();
+    canvas.hidden = true; // the last image's faces are not this one's
     const body = new FormData();
     body.append('file', file);
     try {

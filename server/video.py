@@ -133,6 +133,9 @@ class FrameSampler:
         except BaseException:
             self.close()
             raise
+        # No video holds more than one frame per frame interval: asked for less (every=0.1 on a 5 fps clip), every
+        # frame is analysed, and `every` says so, since the summary's seconds and a chart's time axis are counted in it.
+        self.every = max(self.every, round(1 / self.info.fps, 6))
         self._index = -1  # last grabbed frame
         self._last_t = -1.0
         self._last_key: int | None = None

@@ -355,6 +355,25 @@ def test_a_new_video_upload_takes_over_the_panel(page, live_server, tmp_path: Pa
     assert page.is_disabled("#video-cancel") and page.is_disabled("#video-report")
 
 
+def test_video_slower_than_every_is_timed_by_the_servers_interval(page, live_server, tmp_path: Path) -> None:
+    """A 2 fps clip analysed "every 0.1 s": the server analyses each of its frames and answers every = 0.5; the page's
+    summary counts the 2 s the four frames stand for, not 0.4 s."""
+    if "/predict/video" not in live_server.app.openapi()["paths"]:
+        pytest.skip("this build has no POST /predict/video route")
+    clip = tmp_path / "slow.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 2, (320, 240))
+    for _ in range(4):
+        writer.write(cv2.cvtColor(astronaut_frame(320, 240), cv2.COLOR_RGB2BGR))
+    writer.release()
+
+    page.set_input_files("#video-file", str(clip))
+    page.fill("#video-every", "0.1")
+    page.click("#video-form button[type=submit]")
+    page.wait_for_function("document.getElementById('video-status').textContent.startsWith('Done')", timeout=30_000)
+    assert int(page.get_attribute("#video-chart", "data-points")) == 4
+    assert " most: 100% of 2 s analysed (no face: 0%)." in page.inner_text("#video-summary")
+
+
 def legend_colours(page, legend: str) -> dict[str, tuple[int, int, int]]:
     """Category -> RGB of its swatch, in legend order."""
     items = page.evaluate(

@@ -102,6 +102,19 @@ def test_sampler_returns_the_frame_nearest_each_time(numbered: dict[str, Path], 
         assert read["auto"] == read["grab"]
 
 
+def test_every_shorter_than_a_frame_analyses_every_frame_and_says_so(tmp_path: Path) -> None:
+    # 2 s at 5 fps asked for every 0.1 s: ten frames exist, each is analysed once, and `every` becomes the frame
+    # interval, so the summary's seconds (and the page's time axis) count 0.2 s per analysed frame, not 0.1.
+    clip = write_video(tmp_path / "slow.avi", (numbered_frame(i) for i in range(10)), fps=5)
+    with FrameSampler(clip, every=0.1) as sampler:
+        assert sampler.every == pytest.approx(0.2)
+        frames = list(sampler)
+    assert [frame_number(f.image) for f in frames] == list(range(10))
+    assert [f.t for f in frames] == pytest.approx([i / 5 for i in range(10)], abs=1e-3)
+    with FrameSampler(clip, every=0.5) as sampler:  # longer than a frame: as asked
+        assert sampler.every == 0.5
+
+
 def test_sampler_limits_and_non_videos(numbered: dict[str, Path], tmp_path: Path, astronaut_jpeg: bytes) -> None:
     with pytest.raises(InputError) as err:
         FrameSampler(numbered[".mp4"], max_seconds=5)

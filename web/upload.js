@@ -204,8 +204,10 @@ export function setupVideoPanel(getLabels, getModelDescription) {
         if (line.summary) end = line;
       }
       signal.throwIfAborted(); // the stream stopped because this analysis was cancelled or replaced
+      // The server's interval: longer than asked when the video has fewer frames (every=0.1 on a 5 fps video: 0.2).
+      if (end?.every > 0) series.step = end.every;
       const duration = end?.duration ?? last;
-      const range = [0, Math.max(duration, series.size * seconds)];
+      const range = [0, Math.max(duration, series.size * series.step)];
       chart.update(series.points(), range);
       setStatus(status, `Done: ${series.size} samples over ${formatSeconds(duration)}.`, 'ok');
       const summary = series.summary();
@@ -216,7 +218,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       report = {
         title: 'Facial-expression report: video',
         details: [
-          `Video ${file.name}: ${formatSeconds(duration)}, one frame analysed every ${seconds} s ` +
+          `Video ${file.name}: ${formatSeconds(duration)}, one frame analysed every ${series.step} s ` +
             `(${series.size} frames); analysed ${localTime(new Date())} (local time).`,
           ...(model ? [`Model: ${model}`] : []),
           `Made with ${window.location.origin}/`,

@@ -273,6 +273,30 @@ def test_image_refused_after_another_hides_the_last_image(browser, live_server, 
         assert not page.is_visible("#image-canvas") and page.locator("#image-faces li").count() == 0
 
 
+def test_an_older_image_answer_arriving_late_does_not_replace_the_newer_one(page, live_server, tmp_path: Path) -> None:
+    """Two images sent one after the other, the first answer held back 1.5 s: the panel shows the second image's."""
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((120, 200, 3), 127, np.uint8))
+    page.evaluate("""() => {
+        const realFetch = window.fetch;
+        let calls = 0;
+        window.fetch = (...args) => {
+            const delay = calls++ === 0 ? 1500 : 0;
+            return new Promise((resolve) => setTimeout(resolve, delay)).then(() => realFetch(...args));
+        };
+    }""")
+    page.set_input_files("#image-file", str(photo))
+    page.click("#image-form button[type=submit]")
+    page.set_input_files("#image-file", str(blank))
+    page.click("#image-form button[type=submit]")
+    page.wait_for_function("document.getElementById('image-status').textContent.includes('found')")
+    page.wait_for_timeout(2500)  # the first answer has come (and gone) by now
+    assert page.inner_text("#image-status") == "0 faces found in a 200×120 image."
+    assert page.locator("#image-faces li").count() == 0
+
+
 def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: Path) -> None:
     """A real video (face, face, nothing, face): the bars drawn, the page's summary and the summary of
     POST /predict/video for the same file tell the same story."""

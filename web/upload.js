@@ -55,6 +55,8 @@ export function setupImagePanel(getLabels) {
   const canvas = document.getElementById('image-canvas');
   const list = document.getElementById('image-faces');
 
+  let current = null; // the AbortController of the analysis the panel shows
+
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const file = input.files?.[0];
@@ -62,13 +64,21 @@ export function setupImagePanel(getLabels) {
       setStatus(status, 'Choose an image file first.', 'error');
       return;
     }
+    // A newer upload replaces this one: its answer, should it come later, must not overwrite the newer one's.
+    current?.abort();
+    const controller = new AbortController();
+    current = controller;
+    const replaced = () => controller !== current;
     setStatus(status, 'Analysing…');
     list.replaceChildren();
     canvas.hidden = true; // the last image's faces are not this one's
     const body = new FormData();
     body.append('file', file);
     try {
-      const response = await fetch('predict', { method: 'POST', body, headers: authHeaders() });
+      const response = await fetch('predict', {
+        method: 'POST', body, headers: authHeaders(), signal: controller.signal,
+      });
+      if (replaced()) return;
       if (!response.ok) {
         setStatus(status, `Could not analyse the image: ${await errorText(response)}`, 'error');
         return;
@@ -77,6 +87,7 @@ export function setupImagePanel(getLabels) {
       let picture = null;
       try {
         picture = await loadImage(file);
+        if (replaced()) return;
         drawImageWithFaces(canvas, picture.image, result.faces, getLabels());
         canvas.hidden = false;
       } catch {
@@ -93,6 +104,7 @@ export function setupImagePanel(getLabels) {
         return item;
       }));
     } catch (error) {
+      if (replaced()) return;
       setStatus(status, `Could not reach the server: ${error.message}`, 'error');
     }
   });

@@ -20,7 +20,13 @@ import numpy as np  # noqa: E402
 from _common import ROOT  # noqa: E402
 
 from training.data import add_data_arguments, ferplus_path, load_dataset  # noqa: E402
-from training.evaluate import CAMERA_FAULTS, SMALL_FACE_SIDES, camera_fault, evaluate_onnx  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    CAMERA_FAULTS,
+    SMALL_FACE_SIDES,
+    camera_fault,
+    evaluate_onnx,
+    shrink_faces,
+)
 
 CONDITIONS = ["clean", *(f"{side} px" for side in SMALL_FACE_SIDES), *CAMERA_FAULTS]
 
@@ -33,13 +39,8 @@ def accuracies(report: dict) -> dict[str, float]:
 
 def example_faces(face: np.ndarray) -> list[np.ndarray]:
     """One 48 px face in every condition, for the picture."""
-    import cv2  # noqa: PLC0415
-
-    out = [face]
-    for side in SMALL_FACE_SIDES:
-        small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
-        out.append(cv2.resize(small, face.shape[::-1], interpolation=cv2.INTER_LINEAR))
-    return out + [camera_fault(face[None], kind)[0] for kind in CAMERA_FAULTS]
+    small = [shrink_faces(face[None], side, face.shape)[0] for side in SMALL_FACE_SIDES]
+    return [face, *small, *(camera_fault(face[None], kind)[0] for kind in CAMERA_FAULTS)]
 
 
 def plot(rows: dict[str, dict[str, float]], face: np.ndarray, path: Path) -> None:

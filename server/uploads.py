@@ -91,7 +91,15 @@ async def _read_field(
     """Write the first part named ``field`` of a multipart body into ``write``."""
     if not boundary:
         raise InputError(400, "multipart body without a boundary in its Content-Type")
-    state: dict[str, Any] = {"headers": {}, "name": b"", "value": b"", "current": None, "found": False, "done": False}
+    state: dict[str, Any] = {
+        "headers": {},
+        "name": b"",
+        "value": b"",
+        "current": None,
+        "found": False,
+        "done": False,
+        "parts": 0,
+    }
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["name"] += data[start:end]
@@ -104,7 +112,7 @@ async def _read_field(
         state["name"], state["value"] = b"", b""
 
     def on_headers_finished() -> None:
-        state["parts"] = state.get("parts", 0) + 1
+        state["parts"] += 1
         if state["parts"] > MAX_PARTS:
             raise InputError(400, f"multipart body with more than {MAX_PARTS} parts: send the {kind} as one field")
         _, disposition = parse_options_header(state["headers"].get("content-disposition", b""))

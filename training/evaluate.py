@@ -74,15 +74,18 @@ def split_faces(
     faces = ds.images[idx][keep]
     if fault is not None:
         faces = camera_fault(faces, fault)
-    if side is not None:
-        h, w = spec.input_size
-        interp = cv2.INTER_LINEAR if side < min(h, w) else cv2.INTER_AREA  # as the server's crop_face picks
-        faces = np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in resize_faces(faces, side, side)])
-    else:
-        faces = resize_faces(faces, *spec.input_size)
+    faces = resize_faces(faces, *spec.input_size) if side is None else shrink_faces(faces, side, spec.input_size)
     if spec.channels == 3:
         faces = np.repeat(faces[..., None], 3, axis=3)
     return head, faces, truth[keep], int((~keep).sum())
+
+
+def shrink_faces(faces: np.ndarray, side: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 faces area-shrunk to side x side and enlarged to `size` (h, w), interpolated as the server's crop_face
+    enlarges a face that small in a photo."""
+    h, w = size
+    interp = cv2.INTER_LINEAR if side < min(h, w) else cv2.INTER_AREA  # as the server's crop_face picks
+    return np.stack([cv2.resize(f, (w, h), interpolation=interp) for f in resize_faces(faces, side, side)])
 
 
 CAMERA_FAULTS = ("dark", "low_contrast", "noise", "blur", "jpeg")
@@ -164,14 +167,12 @@ def evaluate_onnx(model_path: str | Path, ds: FaceDataset, split: str = "PublicT
     probs = infer_batched(classifier, faces)
     seconds = time.perf_counter() - t0
     report = classification_report(truth, probs.argmax(1), spec.labels)
-    small = {}
-    for side in SMALL_FACE_SIDES:
-        shrunk = split_faces(spec, ds, split, side)[1]
-        small[str(side)] = round(float((infer_batched(classifier, shrunk).argmax(1) == truth).mean()), 4)
-    faults = {}
-    for kind in CAMERA_FAULTS:
-        faulty = split_faces(spec, ds, split, fault=kind)[1]
-        faults[kind] = round(float((infer_batched(classifier, faulty).argmax(1) == truth).mean()), 4)
+
+    def accuracy(variant: np.ndarray) -> float:
+        return round(float((infer_batched(classifier, variant).argmax(1) == truth).mean()), 4)
+
+    small = {str(side): accuracy(split_faces(spec, ds, split, side)[1]) for side in SMALL_FACE_SIDES}
+    faults = {kind: accuracy(split_faces(spec, ds, split, fault=kind)[1]) for kind in CAMERA_FAULTS}
     report.update(
         split=split,
         model=str(model_path),

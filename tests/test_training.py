@@ -617,6 +617,80 @@ def test_calibrate_puts_a_fitted_temperature_in_the_graph(tmp_path, trained, fer
         main(["calibrate", str(tmp_path / "calibrated_plain.onnx"), str(tmp_path / "twice.onnx"), *data])
 
 
+def test_ship_runs_every_step_from_checkpoint_to_served_file(tmp_path, trained, fer, yunet_path, astronaut_bgr, capsys):
+    """`training ship` is export -> int8 -> crop search on photos -> calibrate -> evaluate --record in one command:
+    the file it writes is int8, flip-averaging, framed by the crop the search chose, calibrated, and carries the
+    PublicTest score `evaluate` gives it; its report lands beside it, named by its labels. A step that fails leaves
+    OUT unwritten."""
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    cv2.imwrite(str(photos / "images" / "astronaut.jpg"), astronaut_bgr)
+    cv2.imwrite(str(photos / "images" / "mirrored.png"), astronaut_bgr[:, ::-1])
+    (photos / "labels.csv").write_text("file,emotion\nastronaut.jpg,happy\nmirrored.png,happy\n")
+    data = ["--data", str(fer["csv"]), "--ferplus", str(fer["ferplus"])]
+    checkpoint = str(trained["out"] / "best_ferplus.pt")
+    out = tmp_path / "models" / "emotion_ferplus.onnx"
+    args = [
+        "ship",
+        checkpoint,
+        str(out),
+        "--version",
+        "9.1",
+        *data,
+        "--photos",
+        str(photos),
+        "--yunet",
+        str(yunet_path),
+    ]
+    assert main([*args, "--max-drop", "100"]) == 0
+    text = capsys.readouterr().out
+    assert [f"{i}/5" in text for i in range(1, 6)] == [True] * 5 and "chosen: align" in text
+
+    spec = EmotionClassifier(out).spec  # the server's contract checks pass
+    meta = spec.metadata
+    assert meta["version"] == "9.1" and meta["tta"] == "flip" and meta["label_source"] == "ferplus"
+    assert meta["quantization"].startswith("int8")
+    assert meta["align"] in ("none", "eyes", "landmarks") and len(json.loads(meta["margin_search"])) > len(MARGINS)
+    assert 0.05 <= json.loads(meta["calibration"])["temperature"] <= 20
+    report = evaluate_onnx(out, trained["ds"])
+    assert json.loads(meta["metrics"])["PublicTest"]["accuracy"] == round(report["accuracy"], 4)
+    written = json.loads((out.parent / "ferplus" / "metrics.json").read_text())
+    assert written["accuracy"] == report["accuracy"] and written["model"] == str(out)
+    for picture in ("confusion_matrix.png", "reliability.png", "learning_curves.png"):  # the run's history.json too
+        assert (out.parent / "ferplus" / picture).stat().st_size > 1000
+
+    # int8 refused (it may lose no points, and must gain 101): the float file goes on; no photos: the margin stays.
+    floated = tmp_path / "float_shipped.onnx"
+    assert (
+        main(["ship", checkpoint, str(floated), "--version", "9.2", *data, "--photos", "none", "--max-drop", "-101"])
+        == 0
+    )
+    assert "the float file goes on" in capsys.readouterr().out
+    meta = EmotionClassifier(floated).spec.metadata
+    assert "quantization" not in meta and "margin_search" not in meta and "calibration" in meta
+
+    # A step that fails (the crop search's detector file is missing) writes nothing.
+    failed = tmp_path / "failed.onnx"
+    with pytest.raises(FileNotFoundError, match="no such YuNet file"):
+        main(
+            [
+                "ship",
+                checkpoint,
+                str(failed),
+                "--version",
+                "9.3",
+                *data,
+                "--photos",
+                str(photos),
+                "--yunet",
+                "nope.onnx",
+            ]
+        )
+    assert not failed.exists()
+    with pytest.raises(FileNotFoundError, match="no labels.csv"):
+        main(["ship", checkpoint, str(failed), "--version", "9.3", *data, "--photos", str(tmp_path)])
+
+
 # --- crop margin on a real photo --------------------------------------------------------------------------------------
 
 

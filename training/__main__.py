@@ -1,4 +1,4 @@
-"""`python -m training train|evaluate|export|tta|calibrate|pack|soft-targets|plan|quantize|attack`: see `--help`."""
+"""`python -m training train|evaluate|export|tta|calibrate|quantize|ship|pack|soft-targets|plan|attack`: see --help."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    from training import attack, calibrate, distill, evaluate, export, pack, plan, quantize  # noqa: PLC0415  (keeps `train --help` fast)
+    from training import attack, calibrate, distill, evaluate, export, pack, plan, quantize, ship  # noqa: PLC0415  (keeps `train --help` fast)
 
     export.add_parser(sub)
     export.add_tta_parser(sub)
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     distill.add_parser(sub)
     plan.add_parser(sub)
     quantize.add_parser(sub)
+    ship.add_parser(sub)
     attack.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "train":

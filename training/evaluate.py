@@ -317,28 +317,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    ds = load_dataset(args.source, args.data, ferplus_path(args.ferplus, missing_ok=True))
-    report = evaluate_onnx(args.model, ds, args.split)
-    out = Path(args.out) if args.out else Path(args.model).parent
+def write_report(
+    model: str | Path,
+    ds: FaceDataset,
+    out: str | Path,
+    split: str = "PublicTest",
+    history: list[str | Path] | None = None,
+    record: bool = False,
+) -> dict:
+    """Evaluate `model` on `split` and write metrics.json, confusion_matrix.png, reliability.png and (with
+    `history`) learning_curves.png to `out`; with `record`, also the split's scores into the file's `metrics`."""
+    report = evaluate_onnx(model, ds, split)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     plot_confusion(report, out / "confusion_matrix.png")
     plot_reliability(report, out / "reliability.png")
-    if args.history:
-        plot_learning_curves([json.loads(Path(h).read_text()) for h in args.history], out / "learning_curves.png")
-    if args.record:
+    if history:
+        plot_learning_curves([json.loads(Path(h).read_text()) for h in history], out / "learning_curves.png")
+    if record:
         import onnx
 
         from training.metadata import read_metadata, set_metadata
 
-        metrics = json.loads(read_metadata(onnx.load(args.model)).get("metrics") or "{}")
+        metrics = json.loads(read_metadata(onnx.load(str(model))).get("metrics") or "{}")
         metrics[report["split"]] = {
             "accuracy": round(report["accuracy"], 4),
             "macro_f1": round(report["macro_f1"], 4),
             "calibration_error": report["calibration"]["ece"],
         }
-        set_metadata(args.model, metrics=json.dumps(metrics))
+        set_metadata(model, metrics=json.dumps(metrics))
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    ds = load_dataset(args.source, args.data, ferplus_path(args.ferplus, missing_ok=True))
+    out = Path(args.out) if args.out else Path(args.model).parent
+    report = write_report(args.model, ds, out, args.split, args.history, args.record)
+    print_report(report, out)
+    return 0
+
+
+def print_report(report: dict, out: Path) -> None:
     print(
         f"{report['split']}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"({report['images']} images, {report['dropped_rows']} dropped)"
@@ -354,4 +374,3 @@ def run(args: argparse.Namespace) -> int:
     faults = ", ".join(f"{kind} {acc:.1%}" for kind, acc in report["camera_faults"].items())
     print(f"  camera faults (each face underexposed, flat, noisy, blurred or JPEG-starved): {faults}")
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'reliability.png'}")
-    return 0

@@ -304,17 +304,27 @@ def _run_tta(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    ckpt = torch.load(args.checkpoint, weights_only=False, map_location="cpu")
-    history = Path(args.checkpoint).parent / "history.json"
-    metrics = {}
+def checkpoint_metrics(checkpoint: str | Path) -> dict:
+    """The PublicTest accuracy a checkpoint was picked with, for the exported file's `metrics` (replaced by `evaluate
+    --record` with the file's own)."""
+    ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    history = Path(checkpoint).parent / "history.json"
     if "accuracy" in ckpt:  # the checkpoint's own epoch (best_ or final_)
-        metrics = {"PublicTest": {"accuracy": round(ckpt["accuracy"], 4)}}
-    elif history.exists():  # checkpoints written before session 6: the run's best
+        return {"PublicTest": {"accuracy": round(ckpt["accuracy"], 4)}}
+    if history.exists():  # checkpoints written before session 6: the run's best
         state = json.loads(history.read_text())
-        metrics = {"PublicTest": {"accuracy": round(state["best"][ckpt["head"]]["accuracy"], 4)}}
+        return {"PublicTest": {"accuracy": round(state["best"][ckpt["head"]]["accuracy"], 4)}}
+    return {}
+
+
+def run(args: argparse.Namespace) -> int:
     path = export_onnx(
-        args.checkpoint, args.out, tta=not args.no_tta, crop_margin=args.margin, metrics=metrics, version=args.version
+        args.checkpoint,
+        args.out,
+        tta=not args.no_tta,
+        crop_margin=args.margin,
+        metrics=checkpoint_metrics(args.checkpoint),
+        version=args.version,
     )
     if args.photos:
         choose_crop(path, args.photos, args.yunet, args.align)

@@ -112,28 +112,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def checked_quantize(
+    model: str | Path,
+    out: str | Path,
+    ds: FaceDataset,
+    calibration: str = "percentile",
+    max_drop: float = 0.3,
+    log=print,
+) -> bool:
+    """Write the int8 copy of `model` to `out` only if it loses at most `max_drop` PublicTest accuracy points; both
+    files are scored through the server's classifier and timed per face on one thread. True if `out` was written."""
     from server.classifier import EmotionClassifier, per_face_ms
     from training.evaluate import evaluate_onnx
 
-    ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus))
-    out = Path(args.out)
+    out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
-        candidate = quantize(args.model, Path(tmp) / "int8.onnx", ds, args.calibration)
+        candidate = quantize(model, Path(tmp) / "int8.onnx", ds, calibration)
         rows = {}
-        for label, path in (("float", args.model), ("int8", candidate)):
+        for label, path in (("float", model), ("int8", candidate)):
             report = evaluate_onnx(path, ds)
             ms = float(np.median(per_face_ms(EmotionClassifier(path))))  # one intra-op thread, as served
             rows[label] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ms": ms}
-            print(
+            log(
                 f"{label:5}: PublicTest accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
                 f"{rows[label]['ms']:.2f} ms per face (p50, one thread), {Path(path).stat().st_size / 1e6:.1f} MB"
             )
         drop = 100 * (rows["float"]["accuracy"] - rows["int8"]["accuracy"])
-        if drop > args.max_drop:
-            print(f"int8 loses {drop:.2f} accuracy points (> {args.max_drop}): {out} not written")
-            return 1
+        if drop > max_drop:
+            log(f"int8 loses {drop:.2f} accuracy points (> {max_drop}): {out} not written")
+            return False
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(candidate.read_bytes())
-    print(f"wrote {out}: {json.dumps(rows)}")
-    return 0
+    log(f"wrote {out}: {json.dumps(rows)}")
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus))
+    return 0 if checked_quantize(args.model, args.out, ds, args.calibration, args.max_drop) else 1

@@ -54,7 +54,7 @@ from training.export import (  # noqa: E402
 )
 from training.metadata import read_metadata, set_metadata  # noqa: E402
 from training.model import EmotionNet, ExportWrapper, ModelConfig  # noqa: E402
-from training.train import TrainConfig, load_checkpoint, train  # noqa: E402
+from training.train import TrainConfig, load_checkpoint, predict, train  # noqa: E402
 
 # export.py uses the TorchScript exporter on purpose (dynamo=False); torch 2.9+ warns about it on every export.
 pytestmark = [
@@ -319,9 +319,11 @@ def test_resume_continues_after_the_last_epoch(tmp_path, trained):
     assert json.loads((out / "history.json").read_text())["epoch"] == 3
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, trained):
-    """A run killed during epoch 2 and restarted ends exactly where an uninterrupted run does (seeds, RNG state)."""
-    ds, cfg = trained["ds"], trained["cfg"]
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, trained, ema):
+    """A run killed during epoch 2 and restarted ends exactly where an uninterrupted run does (seeds, RNG state, and
+    the moving average of the weights with --ema)."""
+    ds, cfg = trained["ds"], dataclasses.replace(trained["cfg"], ema=ema)
     whole = train(dataclasses.replace(cfg, out=str(tmp_path / "whole")), data=ds, log=lambda _: None)
 
     class Interrupted(Exception):
@@ -341,6 +343,31 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, trained):
         for key in a:
             if key != "seconds":
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_ema_scores_and_saves_the_moving_average_of_the_weights(tmp_path, trained):
+    """With --ema the checkpoints hold the moving average (batch-norm statistics included), which is what the
+    history's val_acc scores; the trained weights are scored beside it and kept in last.pt to resume from."""
+    ds = trained["ds"]
+    cfg = dataclasses.replace(trained["cfg"], out=str(tmp_path / "ema"), ema=0.9, epochs=2)
+    state = train(cfg, data=ds, log=lambda _: None)
+    last = torch.load(tmp_path / "ema" / "last.pt", weights_only=False)
+    final = torch.load(tmp_path / "ema" / "final_ferplus.pt", weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert final["model"].keys() == averaged.keys() == last["model"].keys()
+    for key, value in final["model"].items():
+        torch.testing.assert_close(value, averaged[key])
+    differs = [
+        k for k in averaged if averaged[k].is_floating_point() and not torch.equal(averaged[k], last["model"][k])
+    ]
+    assert any(k.endswith("weight") for k in differs) and any(k.endswith("running_mean") for k in differs)
+
+    row = state["history"][-1]
+    assert {"ferplus_raw_val_acc", "fer2013_raw_val_acc"} <= row.keys()
+    net, _ = load_checkpoint(tmp_path / "ema" / "final_ferplus.pt")
+    probs = predict(net, ds.images[ds.split("PublicTest")], cfg)["ferplus"]
+    truth = ds.hard_labels("ferplus")[ds.split("PublicTest")]
+    assert float((probs.argmax(1) == truth)[truth >= 0].mean()) == pytest.approx(row["ferplus_val_acc"])
 
 
 # --- export -----------------------------------------------------------------------------------------------------------

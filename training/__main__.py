@@ -26,6 +26,8 @@ HELP = {
     "degrade_prob": "share of training images given a camera's faults at random strengths: exposure, contrast, "
     "blur, noise",
     "val_tta": "pick checkpoints on flip-averaged PublicTest accuracy (for export with in-graph TTA)",
+    "ema": "decay per step of an exponential moving average of the weights, which is then what is scored and saved "
+    "(e.g. 0.999; 0: none); the trained weights' accuracy is logged as <head>_raw_val_acc",
     "threads": "torch CPU threads (0: torch's default)",
     "init": "start from the weights of this checkpoint (e.g. runs/joint/last.pt) with a fresh schedule",
     "limit": "use only the first N training images (smoke tests)",

@@ -51,6 +51,7 @@ class TrainConfig:
     distill_weight: float = 0.7  # share of the loss that follows the teachers (with soft_targets or teachers)
     distill_temperature: float = 2.0
     val_tta: bool = False  # pick checkpoints on flip-averaged accuracy (match `export` without --no-tta)
+    ema: float = 0.0  # > 0: checkpoints hold an exponential moving average of the weights, this decay per step
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 on CUDA and on CPUs with native bf16
     seed: int = 0
@@ -325,6 +326,12 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         log(f"initialised from {cfg.init}")
     net = net.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    # With --ema the weights that are scored and saved are a moving average of the trained ones (and of the batch
+    # norms' statistics); the trained weights are scored too, as `<head>_raw_val_acc`, to show what it gives.
+    ema = None
+    if cfg.ema > 0:
+        swa = torch.optim.swa_utils
+        ema = swa.AveragedModel(net, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
 
     best = {h: {"accuracy": -1.0, "epoch": -1} for h in heads}
@@ -334,6 +341,8 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         ckpt = torch.load(last, weights_only=False, map_location="cpu")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
         state.update(ckpt["state"])
         state.setdefault("step", state["epoch"] * steps_per_epoch)
         if not state.get("shortened"):  # a new --epochs extends (or cuts) the schedule; a budget's cut stays
@@ -398,6 +407,8 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
             state["step"] += 1
             total += loss.detach() * len(idx)
             seen += len(idx)
@@ -410,16 +421,20 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
                     flush=True,
                 )
         print(flush=True)
-        probs = predict(net, ds.images[val_idx], cfg)
+        scored = net if ema is None else ema.module
+        probs = predict(scored, ds.images[val_idx], cfg)
         row = {"epoch": epoch, "train_loss": total.item() / max(seen, 1), "lr": lr, "seconds": time.time() - t0}
+        raw = predict(net, ds.images[val_idx], cfg) if ema is not None else {}
         for h in heads:
             ok = val_labels[h] >= 0
             target = torch.from_numpy(ds.targets[h][val_idx][ok])
             row[f"{h}_val_loss"] = float(-(target * torch.log(torch.from_numpy(probs[h][ok]) + 1e-8)).sum(1).mean())
             row[f"{h}_val_acc"] = float((probs[h][ok].argmax(1) == val_labels[h][ok]).mean())
+            if h in raw:
+                row[f"{h}_raw_val_acc"] = float((raw[h][ok].argmax(1) == val_labels[h][ok]).mean())
             if row[f"{h}_val_acc"] > state["best"][h]["accuracy"]:
                 state["best"][h] = {"accuracy": row[f"{h}_val_acc"], "epoch": epoch}
-                torch.save(_checkpoint(net, cfg, ds, h, row), out / f"best_{h}.pt")
+                torch.save(_checkpoint(scored, cfg, ds, h, row), out / f"best_{h}.pt")
         state["history"].append(row)
         state["epoch"] = epoch
         epoch_seconds.append(time.time() - t0)
@@ -427,11 +442,16 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         if state["step"] >= state["epochs"] * steps_per_epoch:  # the schedule ran to its end, learning rate annealed
             for h in heads:  # written before last.pt: a run that stops in between writes them again when resumed
-                torch.save(_checkpoint(net, cfg, ds, h, row), out / f"final_{h}.pt")
-        torch.save(
-            {"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state()},
-            last,
-        )
+                torch.save(_checkpoint(scored, cfg, ds, h, row), out / f"final_{h}.pt")
+        resume = {
+            "model": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "state": state,
+            "rng": torch.get_rng_state(),
+        }
+        if ema is not None:
+            resume["ema"] = ema.state_dict()
+        torch.save(resume, last)
         (out / "history.json").write_text(json.dumps(state, indent=1))
     log(f"best: {json.dumps(state['best'])} ({(time.time() - t_start) / 60:.1f} min)")
     return state

@@ -41,7 +41,13 @@ from training.data import (  # noqa: E402
     load_image_folder,
     resize_faces,
 )
-from training.evaluate import camera_fault, classification_report, evaluate_onnx, split_faces  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    camera_fault,
+    classification_report,
+    evaluate_onnx,
+    plot_learning_curves,
+    split_faces,
+)
 from training.export import (  # noqa: E402
     FRAME,
     MARGINS,
@@ -368,6 +374,11 @@ def test_ema_scores_and_saves_the_moving_average_of_the_weights(tmp_path, traine
     probs = predict(net, ds.images[ds.split("PublicTest")], cfg)["ferplus"]
     truth = ds.hard_labels("ferplus")[ds.split("PublicTest")]
     assert float((probs.argmax(1) == truth)[truth >= 0].mean()) == pytest.approx(row["ferplus_val_acc"])
+    # The learning curves draw such a run, after one without --ema (which has no raw accuracies), end to end.
+    plain = json.loads((trained["out"] / "history.json").read_text())
+    ema_history = json.loads((tmp_path / "ema" / "history.json").read_text())
+    plot_learning_curves([plain, ema_history], tmp_path / "curves.png")
+    assert cv2.imread(str(tmp_path / "curves.png")) is not None
 
 
 # --- export -----------------------------------------------------------------------------------------------------------

@@ -268,12 +268,16 @@ def plot_learning_curves(histories: list[dict], path: Path) -> None:
         rows += [dict(r, epoch=offset + r["epoch"]) for r in history["history"]]
         offset = rows[-1]["epoch"] if rows else offset
     epochs = [r["epoch"] for r in rows]
-    heads = sorted({k[: -len("_val_acc")] for r in rows for k in r if k.endswith("_val_acc")})
+    keys = {k for r in rows for k in r}
+    heads = sorted(k[: -len("_val_acc")] for k in keys if k.endswith("_val_acc") and not k.endswith("_raw_val_acc"))
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(epochs, [r["train_loss"] for r in rows], label="train loss (all heads)")
     for h in heads:
         a.plot(epochs, [r[f"{h}_val_loss"] for r in rows], label=f"{h} PublicTest loss")
-        b.plot(epochs, [r[f"{h}_val_acc"] for r in rows], marker="o", ms=3, label=f"{h} PublicTest accuracy")
+        line = b.plot(epochs, [r[f"{h}_val_acc"] for r in rows], marker="o", ms=3, label=f"{h} PublicTest accuracy")
+        if f"{h}_raw_val_acc" in keys:  # a run with --ema: its val_acc is the average's, beside the trained weights'
+            raw = [r.get(f"{h}_raw_val_acc", np.nan) for r in rows]
+            b.plot(epochs, raw, color=line[0].get_color(), lw=0.8, alpha=0.5, label=f"{h}, trained weights (--ema)")
     for ax in (a, b):
         for start in starts[1:]:
             ax.axvline(start + 0.5, color="grey", ls="--", lw=0.8)

@@ -326,12 +326,6 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         log(f"initialised from {cfg.init}")
     net = net.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    # With --ema the weights that are scored and saved are a moving average of the trained ones (and of the batch
-    # norms' statistics); the trained weights are scored too, as `<head>_raw_val_acc`, to show what it gives.
-    ema = None
-    if cfg.ema > 0:
-        swa = torch.optim.swa_utils
-        ema = swa.AveragedModel(net, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
 
     best = {h: {"accuracy": -1.0, "epoch": -1} for h in heads}
@@ -341,14 +335,21 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
         ckpt = torch.load(last, weights_only=False, map_location="cpu")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        if ema is not None and "ema" in ckpt:
-            ema.load_state_dict(ckpt["ema"])
         state.update(ckpt["state"])
         state.setdefault("step", state["epoch"] * steps_per_epoch)
         if not state.get("shortened"):  # a new --epochs extends (or cuts) the schedule; a budget's cut stays
             state["epochs"] = cfg.epochs
         torch.set_rng_state(ckpt["rng"])
         log(f"resumed from {last} after epoch {state['epoch']}")
+    # With --ema the weights that are scored and saved are a moving average of the trained ones (and of the batch
+    # norms' statistics), starting from the weights trained so far; the trained weights are scored too, as
+    # `<head>_raw_val_acc`, to show what it gives.
+    ema = None
+    if cfg.ema > 0:
+        swa = torch.optim.swa_utils
+        ema = swa.AveragedModel(net, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if last.exists() and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
 
     if state["epoch"] < state["epochs"]:  # a longer schedule than the one a final_ checkpoint ended
         for stale in out.glob("final_*.pt"):

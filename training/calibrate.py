@@ -134,6 +134,15 @@ def calibrate(path: str | Path, out: str | Path, ds: FaceDataset, split: str = "
     return report
 
 
+def describe(report: dict) -> str:
+    """One line on a `calibrate` report: the temperature and what it changed."""
+    return (
+        f"temperature {report['temperature']:g} fitted on {report['fitted_on']}: calibration error "
+        f"{report['ece'][0]:.3f} -> {report['ece'][1]:.3f}, mean confidence {report['mean_confidence'][0]:.3f} -> "
+        f"{report['mean_confidence'][1]:.3f}, accuracy {report['accuracy'][0]:.4f} -> {report['accuracy'][1]:.4f}"
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate",
@@ -149,12 +158,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ds = load_dataset("fer2013", args.data, ferplus_path(args.ferplus))
-    report = calibrate(args.model, args.out, ds)
-    t = report["temperature"]
-    print(
-        f"temperature {t:g} fitted on {report['fitted_on']}: calibration error {report['ece'][0]:.3f} -> "
-        f"{report['ece'][1]:.3f}, mean confidence {report['mean_confidence'][0]:.3f} -> "
-        f"{report['mean_confidence'][1]:.3f}, accuracy {report['accuracy'][0]:.4f} -> {report['accuracy'][1]:.4f}"
-    )
+    print(describe(calibrate(args.model, args.out, ds)))
     print(f"wrote {args.out}")
     return 0

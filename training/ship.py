@@ -39,7 +39,7 @@ def ship(
     log=print,
 ) -> dict:
     """Run the five steps; returns the PublicTest report of the written file (its `metrics.json`)."""
-    from training.calibrate import calibrate  # noqa: PLC0415  (each step's module imports torch or onnx)
+    from training.calibrate import calibrate, describe  # noqa: PLC0415  (each step's module imports torch or onnx)
     from training.evaluate import write_report  # noqa: PLC0415
     from training.export import checkpoint_metrics, choose_crop, export_onnx  # noqa: PLC0415
     from training.quantize import checked_quantize  # noqa: PLC0415
@@ -62,8 +62,7 @@ def ship(
         else:
             log("3/5 crop: no photos given, the export's margin stays")
         log("4/5 calibrate")
-        cal = calibrate(model, out, ds)
-        log(f"   temperature {cal['temperature']:g}, calibration error {cal['ece'][0]:.3f} -> {cal['ece'][1]:.3f}")
+        log(f"   {describe(calibrate(model, out, ds))}")
     if report_dir is None:  # beside the file, named by its labels, as models/ferplus/ and models/fer2013/
         import onnx  # noqa: PLC0415
 

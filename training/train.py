@@ -331,7 +331,8 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     best = {h: {"accuracy": -1.0, "epoch": -1} for h in heads}
     state = {"epoch": 0, "step": 0, "epochs": cfg.epochs, "history": [], "best": best}
     last = out / "last.pt"
-    if last.exists():  # resume
+    ckpt: dict = {}  # what is resumed from
+    if last.exists():
         ckpt = torch.load(last, weights_only=False, map_location="cpu")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -348,7 +349,7 @@ def train(cfg: TrainConfig, data: FaceDataset | None = None, log=print) -> dict:
     if cfg.ema > 0:
         swa = torch.optim.swa_utils
         ema = swa.AveragedModel(net, multi_avg_fn=swa.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-        if last.exists() and "ema" in ckpt:
+        if "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
 
     if state["epoch"] < state["epochs"]:  # a longer schedule than the one a final_ checkpoint ended

@@ -55,11 +55,13 @@ def build_onnx_model(
     graph_channels: int | None = None,
     softmax: bool = True,
     seed: int = 0,
+    favour: str | None = None,
 ) -> Path:
     """Write a small real classifier: input [N, C, H, W] float32 (dynamic N) -> probabilities [N, K].
 
     ``metadata`` overrides the defaults (a value of None removes the key); ``outputs``/``graph_channels``
-    make the graph disagree with the metadata, for contract tests.
+    make the graph disagree with the metadata, for contract tests; ``favour`` names a label the model gives every
+    image (its bias outweighs the rest).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -71,6 +73,8 @@ def build_onnx_model(
     rng = np.random.default_rng(seed)
     weights = rng.normal(0, 0.05, (c * h * w, k)).astype(np.float32)
     bias = rng.normal(0, 0.1, (k,)).astype(np.float32)
+    if favour is not None:
+        bias[labels.index(favour)] += 50
     nodes = [
         helper.make_node("Flatten", ["input"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
@@ -200,16 +204,16 @@ def yunet_pipeline(model_path: Path, yunet_path: Path):
 class LiveServer:
     """A real uvicorn server on a loopback port, in a background thread, with the connection limits of
     ``python -m server`` (``server.limits.uvicorn_options`` of the app's settings) and any other uvicorn ``config``
-    (e.g. ``root_path``)."""
+    (e.g. ``root_path``); on a free port, or on ``port`` (a server restarted where the last one was)."""
 
-    def __init__(self, app: object, **config: object):
+    def __init__(self, app: object, port: int = 0, **config: object):
         import uvicorn
 
         from server.limits import uvicorn_options
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app

@@ -23,7 +23,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import LiveServer, make_settings
+from conftest import FERPLUS_LABELS, LiveServer, make_settings
 from y4m import astronaut_frame, jpeg, write_y4m
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -665,3 +665,72 @@ def test_page_with_trusted_hosts_and_another_allowed_origin(browser, model_path,
                 server.url,
             )
             assert answer["status"] == 200 and answer["body"]["width"] == 64 and answer["body"]["faces"] == []
+
+
+FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "legend"),
+    [
+        # 7 labels -> 8: the new model's labels, contempt among them, from then on.
+        pytest.param(
+            ("fer2013", FER2013_LABELS, "sad"),
+            ("ferplus", FERPLUS_LABELS, "contempt"),
+            FERPLUS_LABELS,
+            id="fer2013-to-ferplus",
+        ),
+        # 8 labels -> 7: the new model's, and contempt kept at the end for the frames counted under it.
+        pytest.param(
+            ("ferplus", FERPLUS_LABELS, "contempt"),
+            ("fer2013", FER2013_LABELS, "sad"),
+            [*FER2013_LABELS, "contempt"],
+            id="ferplus-to-fer2013",
+        ),
+    ],
+)
+def test_page_follows_a_server_restarted_with_another_model(browser, make_model, before, after, legend) -> None:
+    """The server behind an open page restarts with a model of other labels: the page says which model it now
+    talks to, counts the new labels, and its timeline, summary and CSV still agree over the whole session."""
+    from server.app import create_app
+
+    def model(name: str, source: str, labels: list[str], favour: str) -> Path:
+        meta = {"label_source": source, "version": name}
+        return make_model(f"{name}.onnx", labels=labels, favour=favour, metadata=meta)
+
+    first = model("before", *before)
+    second = model("after", *after)
+    with LiveServer(create_app(make_settings(first, "haar"))) as server:
+        port, url = server.port, server.url
+        with open_page(browser, url) as page:
+            assert "version before" in page.inner_text("#model-info")
+            page.click("#camera-toggle")
+            page.wait_for_function(
+                f"document.getElementById('current-labels').dataset.labels === '{before[2]}'", timeout=15_000
+            )
+            page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
+            server.__exit__(None, None, None)
+            with LiveServer(create_app(make_settings(second, "haar")), port=port):
+                # The page reconnects by itself and labels the face with the new model's label.
+                page.wait_for_function(
+                    f"document.getElementById('current-labels').dataset.labels === '{after[2]}'", timeout=20_000
+                )
+                page.wait_for_function(
+                    "document.getElementById('model-info').textContent.includes('version after')", timeout=10_000
+                )
+                info = page.inner_text("#model-info")
+                assert f"{after[0]} · {len(after[1])} emotions" in info, info
+                assert "another model" in page.inner_text("#live-status")
+                page.wait_for_timeout(1500)  # a few more seconds of the new model on the timeline
+                page.click("#camera-toggle")
+
+            colours = legend_colours(page, "#timeline-legend")
+            assert list(colours) == [*legend, NO_FACE]
+            csv = download_csv(page)
+            header = csv.splitlines()[0].split(",")
+            assert header[-len(legend) :] == [f"p_{label}" for label in legend]
+            emotions = Counter(line.split(",")[6] for line in csv.splitlines()[1:])
+            assert emotions[before[2]] >= 2 and emotions[after[2]] >= 2, emotions
+            # Every second, before and after the switch, drawn as the CSV counts it; the summary is their average.
+            summary = check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv), colours)
+            assert summary[before[2]] > 0 and summary[after[2]] > 0, summary

@@ -3,7 +3,7 @@
 import { setupAccessForm } from './access.js';
 import { Camera, CameraError } from './camera.js';
 import { ShareChart } from './chart.js';
-import { faceCaption, labelColour, personName } from './emotions.js';
+import { faceCaption, labelColour, labelsFromFaces, personName, sameLabels } from './emotions.js';
 import { LiveClient } from './live.js';
 import { drawAffectGauge, FaceOverlay } from './overlay.js';
 import { download, fileStamp, localTime, saveReport } from './report.js';
@@ -15,6 +15,8 @@ import { setupImagePanel, setupVideoPanel } from './upload.js';
 const TIMELINE_WINDOW_S = 120;
 const TIMELINE_MIN_WINDOW_S = 30;
 const TIMELINE_REDRAW_MS = 250;
+// A result whose labels are not the model's means the server changed its model: GET /model again, at most this often.
+const MODEL_REFRESH_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,8 +43,9 @@ const elements = {
   timelineTitle: $('timeline-title'),
 };
 
-let labels = [];
+let labels = []; // the model's, in its output order
 let modelDescription = '';
+let modelRefreshedAt = -Infinity;
 const session = new Session();
 const timeline = new ShareChart($('timeline'), $('timeline-legend'));
 const overlay = new FaceOverlay(elements.overlay, elements.video);
@@ -57,8 +60,11 @@ function setStatus(text, kind = 'info') {
   elements.status.className = `status ${kind}`;
 }
 
-// GET /model: labels in output order (7 or 8 classes) plus what to show in the header.
+// GET /model: labels in output order (7 or 8 classes) plus what to show in the header. Read when the page opens, and
+// again when the server may have restarted with another model: after the live stream reconnects, and when a result
+// comes with other labels.
 async function loadModelInfo() {
+  modelRefreshedAt = performance.now();
   try {
     const response = await fetch('model');
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
@@ -71,18 +77,23 @@ async function loadModelInfo() {
       meta.version ? `version ${meta.version}` : null,
       info.detector ? `face detector: ${info.detector}` : null,
     ].filter(Boolean);
+    const previous = modelDescription;
     modelDescription = parts.join(' · ');
     elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
+    if (previous && modelDescription !== previous) {
+      setStatus(`The server now runs another model (${modelDescription}); the session goes on with its labels.`);
+    }
   } catch (error) {
     elements.modelInfo.textContent = `Model information unavailable (${error.message}).`;
   }
   applyLabels(labels);
 }
 
+// The session keeps labels of an earlier model that this one lacks (Session.setLabels): the charts draw the session's.
 function applyLabels(newLabels) {
   labels = newLabels;
   session.setLabels(labels);
-  timeline.setCategories(session.shares.categories, labels);
+  timeline.setCategories(session.shares.categories, session.labels);
   overlay.setLabels(labels);
   updatePeople();
   renderSummary();
@@ -96,7 +107,7 @@ function maxFaces() {
 const client = new LiveClient(() => camera.captureJpeg(), {
   onResult(result, rtt) {
     const now = performance.now();
-    if (!labels.length && result.faces.length) applyLabels(Object.keys(result.faces[0].probabilities));
+    followModel(result);
     session.add(now, result, client.connections); // numbers the faces' people before they are drawn
     updatePeople();
     overlay.draw(result);
@@ -104,6 +115,10 @@ const client = new LiveClient(() => camera.captureJpeg(), {
     timelineDirty = true;
   },
   onStatus: setStatus,
+  onReconnected() {
+    // A restarted server may serve another model, or another version of the same labels.
+    loadModelInfo();
+  },
   onError(message) {
     setStatus(`Server: ${message}`, 'error');
   },
@@ -111,6 +126,15 @@ const client = new LiveClient(() => camera.captureJpeg(), {
     stopCamera(`The server refused the live stream: ${reason}. Check the API key at the bottom of the page.`, 'error');
   },
 });
+
+// A result whose labels are not the page's: count it under its own labels now, and read the new model's name.
+function followModel(result) {
+  const resultLabels = labelsFromFaces(result.faces);
+  if (!resultLabels.length || sameLabels(resultLabels, labels)) return;
+  const first = !labels.length;
+  applyLabels(resultLabels);
+  if (!first && performance.now() - modelRefreshedAt > MODEL_REFRESH_MS) loadModelInfo();
+}
 
 function updateStats(now, result, rtt) {
   resultTimes.push(now);
@@ -181,7 +205,7 @@ function renderSummary() {
   elements.report.disabled = summary.buckets === 0;
   const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 rows.' : '';
   elements.summaryText.textContent = summarySentence(summary, who) + truncated;
-  renderSummaryBars(elements.summaryBars, summary, session.shares.categories, labels);
+  renderSummaryBars(elements.summaryBars, summary, session.shares.categories, session.labels);
 }
 
 // The whole session (not only the last two minutes) as a PNG.
@@ -203,7 +227,7 @@ function saveSessionReport() {
     points,
     range: [0, Math.max(end, 10)],
     categories: session.shares.categories,
-    labels,
+    labels: session.labels,
     summary,
     who,
     fileStem: `emotion-session-${fileStamp(from)}`,

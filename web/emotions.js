@@ -61,6 +61,11 @@ export function labelsFromFaces(faces) {
   return [];
 }
 
+// Whether two label lists name the same classes (in any order): a result's labels against the model's.
+export function sameLabels(a, b) {
+  return a.length === b.length && a.every((label) => b.includes(label));
+}
+
 // A legend list: one swatch per category, in the order given.
 export function renderLegend(list, categories, labels = categories) {
   list.replaceChildren(...categories.map((category) => {

@@ -22,7 +22,7 @@ export function socketUrl(path = '/ws') {
 
 export class LiveClient {
   // capture: async () => ({blob, width, height}) | null
-  // handlers: {onResult(result, rttMs), onStatus(text, kind), onError(message), onRefused(reason)}
+  // handlers: {onResult(result, rttMs), onStatus(text, kind), onError(message), onRefused(reason), onReconnected()}
   constructor(capture, handlers) {
     this.capture = capture;
     this.handlers = handlers;
@@ -77,6 +77,7 @@ export class LiveClient {
     this.socket = socket;
     socket.onopen = () => {
       this.reconnectAttempt = 0;
+      if (this.connections > 1) this.handlers.onReconnected?.();
       this.handlers.onStatus('Connected. Analysing frames…', 'ok');
       if (Object.keys(this.config).length) socket.send(JSON.stringify({ type: 'config', ...this.config }));
       this.scheduleSend();

@@ -46,9 +46,16 @@ export class Session {
     return (person !== null && this.people.get(person)) || this.shares;
   }
 
+  // The model's labels, when they first arrive or when the server changes its model mid-session. The session keeps
+  // what it has counted: labels of the old model that the new one lacks stay at the end of the list (their frames
+  // still count in the charts, the summary and the CSV); before the first result the list is the model's own.
   setLabels(labels) {
-    if (labels.join('\u0000') === this.labels.join('\u0000')) return;
-    this.reset(labels);
+    const kept = this.rows.length ? this.labels.filter((label) => !labels.includes(label)) : [];
+    const merged = [...labels, ...kept];
+    if (merged.join('\u0000') === this.labels.join('\u0000')) return;
+    this.labels = merged;
+    this.shares.setLabels(merged);
+    for (const series of this.people.values()) series.setLabels(merged);
   }
 
   // Records one processed live frame; nowMs is a performance.now() timestamp, connection the live connection's

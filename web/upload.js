@@ -2,7 +2,7 @@
 
 import { authHeaders } from './access.js';
 import { formatSeconds, ShareChart } from './chart.js';
-import { labelsFromFaces, percent } from './emotions.js';
+import { labelsFromFaces, percent, sameLabels } from './emotions.js';
 import { drawImageWithFaces } from './overlay.js';
 import { fileStamp, localTime, saveReport } from './report.js';
 import { ShareSeries } from './shares.js';
@@ -203,7 +203,9 @@ export function setupVideoPanel(getLabels, getModelDescription) {
           return;
         }
         if (typeof line.t === 'number' && Array.isArray(line.faces)) {
-          if (!labels.length && line.faces.length) {
+          // The labels the server answers with are the ones to count by: the page's may be another model's, read
+          // before the server restarted with a new one.
+          if (line.faces.length && !sameLabels(labelsFromFaces(line.faces), labels)) {
             labels = labelsFromFaces(line.faces);
             series.setLabels(labels);
             chart.setCategories(series.categories, labels);

@@ -256,6 +256,31 @@ def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
     page.locator("#image-panel").screenshot(path=str(ARTIFACTS / "image-upload.png"))
 
 
+def test_box_caption_text_is_readable_on_the_angry_colour(browser, make_model, tmp_path: Path) -> None:
+    """A face labelled angry: its caption is written in near-black on the vermillion tag (5.4:1), not in white
+    (3.9:1, under WCAG's 4.5:1 for text of this size)."""
+    from server.app import create_app
+
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
+    angry = make_model("angry.onnx", favour="angry")
+    with LiveServer(create_app(make_settings(angry, "haar"))) as server, open_page(browser, server.url) as page:
+        page.set_input_files("#image-file", str(photo))
+        page.click("#image-form button[type=submit]")
+        page.wait_for_function("document.getElementById('image-status').textContent.includes('found')")
+        item = page.inner_text("#image-faces li")
+        assert item.startswith("angry "), item
+        x, y = (int(v) for v in item.split("box at ")[1].split(" ")[0].split(","))
+        # The caption's tag (overlay.drawFace on a 512 px image: 14 px font, 3 px padding, 20 px high) sits on the
+        # box's top edge, above it where there is room.
+        top = y - 20 if y >= 20 else y
+        tag = canvas_pixels(page, "#image-canvas", max(0, x - 1), 60)[top + 3 : top + 17].astype(int)
+        assert colour_pixels(tag, legend_colours(page, "#timeline-legend")["angry"]) > 200  # the tag is there
+        light = int((tag.min(axis=-1) > 200).sum())
+        dark = int((tag.max(axis=-1) < 80).sum())
+        assert dark > 20 and light == 0, (dark, light)
+
+
 def test_image_refused_after_another_hides_the_last_image(browser, live_server, tmp_path: Path) -> None:
     """An image the server refuses after one it analysed: the error is shown without the last image and its faces."""
     photo = tmp_path / "astronaut.jpg"

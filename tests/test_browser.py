@@ -281,6 +281,25 @@ def test_box_caption_text_is_readable_on_the_angry_colour(browser, make_model, t
         assert dark > 20 and light == 0, (dark, light)
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_primary_buttons_are_readable_in_both_colour_schemes(page, scheme: str) -> None:
+    """The text of the primary buttons (Start camera, Analyse image, Analyse video) on the accent colour has WCAG's
+    4.5:1 contrast in the light and the dark scheme (the dark scheme's light blue took white text at 2.5:1)."""
+    page.emulate_media(color_scheme=scheme)
+
+    def luminance(rgb: tuple[int, int, int]) -> float:
+        c = [v / 255 for v in rgb]
+        r, g, b = (v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    buttons = page.evaluate("""[...document.querySelectorAll('button.primary')].map(b =>
+        [b.textContent, getComputedStyle(b).color, getComputedStyle(b).backgroundColor])""")
+    assert len(buttons) == 3, buttons
+    for text, colour, background in buttons:
+        lighter, darker = sorted((luminance(css_rgb(colour)), luminance(css_rgb(background))), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (scheme, text, colour, background)
+
+
 def test_image_refused_after_another_hides_the_last_image(browser, live_server, tmp_path: Path) -> None:
     """An image the server refuses after one it analysed: the error is shown without the last image and its faces."""
     photo = tmp_path / "astronaut.jpg"

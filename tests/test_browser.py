@@ -174,6 +174,24 @@ def test_live_page_labels_the_face(page) -> None:
     assert colour_pixels(report, colours[shown[0]]) > 20_000
 
 
+def test_report_of_a_followed_person_keeps_its_table_header_apart(page) -> None:
+    """The report of a session following person #1: the table's first header ("Expression of Person #1") ends
+    before the bar column's header begins; it ran into "Share of analysed time"."""
+    page.click("#camera-toggle")
+    page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
+    page.click("#camera-toggle")
+    page.select_option("#person-select", "1")
+    report = download_png(page, "#report-download").astype(int)
+    # The table's bar tracks (#eceef2): the first one's top is 7 px above its row's middle, its left edge is the
+    # bar column; the header row's middle is one row (26 px) higher.
+    ys, xs = np.nonzero(np.all(report == (236, 238, 242), axis=-1))
+    bar_x, middle = int(xs.min()), int(ys.min()) + 7 - 26
+    ink = np.nonzero((report[middle - 8 : middle + 9].max(axis=-1) < 200).any(axis=0))[0]
+    # The first header: ink from the left margin up to the first gap wider than a space.
+    end = next((int(a) for a, b in zip(ink, ink[1:], strict=False) if b - a > 8), int(ink[-1]))
+    assert ink[0] < bar_x and end < bar_x, (int(ink[0]), end, bar_x)
+
+
 def test_live_timeline_shows_no_face_stretches_on_a_phone(
     playwright, live_server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

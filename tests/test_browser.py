@@ -192,6 +192,23 @@ def test_report_of_a_followed_person_keeps_its_table_header_apart(page) -> None:
     assert ink[0] < bar_x and end < bar_x, (int(ink[0]), end, bar_x)
 
 
+def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
+    """Typing 50 in "Max faces" (its max is the server's limit, 32): the input shows 32 and the stream goes on with
+    it, instead of keeping 50 on show while the server refuses it and goes on with its default."""
+    from server.config import Settings
+
+    assert page.get_attribute("#max-faces", "max") == str(Settings.model_fields["max_faces"].default)
+    page.click("#camera-toggle")
+    page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+    page.fill("#max-faces", "50")
+    page.press("#max-faces", "Tab")
+    page.wait_for_timeout(1500)  # the server's answer to the config message, and a few more frames
+    assert page.input_value("#max-faces") == "32"
+    assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
+    assert page.get_attribute("#current-labels", "data-labels") != ""
+    page.click("#camera-toggle")
+
+
 def test_live_timeline_shows_no_face_stretches_on_a_phone(
     playwright, live_server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -99,9 +99,11 @@ function applyLabels(newLabels) {
   renderSummary();
 }
 
+// Within the input's min and max (the server's default limit, Settings.max_faces): the server refuses a larger one.
 function maxFaces() {
-  const n = Math.round(Number(elements.maxFaces.value));
-  return Number.isFinite(n) && n >= 1 ? n : 1;
+  const { min, max, value } = elements.maxFaces;
+  const n = Math.round(Number(value));
+  return Math.min(Number(max), Math.max(Number(min), Number.isFinite(n) ? n : 1));
 }
 
 const client = new LiveClient(() => camera.captureJpeg(), {

@@ -430,6 +430,15 @@ def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: 
     page.locator("#video-panel").screenshot(path=str(ARTIFACTS / "video-upload.png"))
 
 
+def test_video_legend_lists_the_models_expressions_before_any_video(page) -> None:
+    """The video panel's legend, before a video is analysed, is the timeline's: the model's expressions and "no face",
+    in the same colours (it listed "no face" alone)."""
+    labels = page.evaluate("fetch('/model').then(r => r.json()).then(m => m.labels)")
+    colours = legend_colours(page, "#video-legend")
+    assert list(colours) == [*labels, NO_FACE]
+    assert colours == legend_colours(page, "#timeline-legend")
+
+
 def test_a_new_video_upload_takes_over_the_panel(page, live_server, tmp_path: Path) -> None:
     """Analysing another video while one streams: the first one's abort must not say "Cancelled." over the second
     one or disable the second one's Cancel button."""

@@ -95,6 +95,7 @@ function applyLabels(newLabels) {
   session.setLabels(labels);
   timeline.setCategories(session.shares.categories, session.labels);
   overlay.setLabels(labels);
+  videoPanel.setLabels(labels);
   updatePeople();
   renderSummary();
 }
@@ -318,7 +319,7 @@ drawAffectGauge($('affect-legend').getContext('2d'), 0, 0, 120, 0.6, -0.3, 16);
 
 setupAccessForm();
 setupImagePanel(() => labels);
-setupVideoPanel(() => labels, () => modelDescription);
+const videoPanel = setupVideoPanel(() => labels, () => modelDescription);
 loadModelInfo().then(() => {
   timelineDirty = true;
   redrawTimeline();

@@ -192,6 +192,22 @@ def test_report_of_a_followed_person_keeps_its_table_header_apart(page) -> None:
     assert ink[0] < bar_x and end < bar_x, (int(ink[0]), end, bar_x)
 
 
+def test_following_a_person_renames_the_summary_hint_and_the_chart(page) -> None:
+    """Following person #1, the summary's hint and the timeline's accessible name say whose expression they show,
+    as the title and the sentence do (they kept saying "face 1")."""
+    page.click("#camera-toggle")
+    page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
+    page.click("#camera-toggle")
+    page.select_option("#person-select", "1")
+    assert page.inner_text("#summary-text").startswith("Person #1 showed ")
+    hint, label = page.inner_text("#summary-panel .hint"), page.get_attribute("#timeline", "aria-label")
+    assert "Person #1" in hint and "face 1" not in hint, hint
+    assert label.endswith("expression of Person #1"), label
+    page.select_option("#person-select", "")
+    assert "expression of face 1" in page.inner_text("#summary-panel .hint")
+    assert page.get_attribute("#timeline", "aria-label").endswith("expression of face 1")
+
+
 def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
     """Typing 50 in "Max faces" (its max is the server's limit, 32): the input shows 32 and the stream goes on with
     it, instead of keeping 50 on show while the server refuses it and goes on with its default."""

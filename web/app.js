@@ -41,6 +41,8 @@ const elements = {
   reset: $('session-reset'),
   person: $('person-select'),
   timelineTitle: $('timeline-title'),
+  timeline: $('timeline'),
+  summaryHint: $('summary-hint'),
 };
 
 let labels = []; // the model's, in its output order
@@ -203,7 +205,12 @@ function redrawTimeline() {
 function renderSummary() {
   const { series, who } = followed();
   const summary = series.summary();
-  elements.timelineTitle.textContent = `Timeline: expression of ${who ?? 'face 1'}`;
+  const whose = who ?? 'face 1';
+  elements.timelineTitle.textContent = `Timeline: expression of ${whose}`;
+  elements.timeline.setAttribute('aria-label',
+    `Stacked bars: share of each second's frames per expression of ${whose}`);
+  elements.summaryHint.textContent =
+    `Share of the session's analysed time per expression of ${whose}: the average of the timeline's bars.`;
   elements.csv.disabled = session.rows.length === 0;
   elements.report.disabled = summary.buckets === 0;
   const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 rows.' : '';

@@ -838,3 +838,8 @@ def test_page_follows_a_server_restarted_with_another_model(browser, make_model,
             # Every second, before and after the switch, drawn as the CSV counts it; the summary is their average.
             summary = check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv), colours)
             assert summary[before[2]] > 0 and summary[after[2]] > 0, summary
+            # A new session counts by the new model's labels alone: its legend and its summary bars say so.
+            page.click("#session-reset")
+            assert list(legend_colours(page, "#timeline-legend")) == [*after[1], NO_FACE]
+            bars = page.evaluate("[...document.querySelectorAll('#summary-bars .bar')].map(b => b.dataset.category)")
+            assert bars == [*after[1], NO_FACE]

@@ -315,7 +315,8 @@ elements.person.addEventListener('change', () => {
 });
 
 elements.reset.addEventListener('click', () => {
-  session.reset(labels);
+  session.reset(labels); // drops the labels an earlier model had that this one lacks
+  timeline.setCategories(session.shares.categories, session.labels);
   elements.person.length = 1;
   timelineDirty = true;
   redrawTimeline();

@@ -174,6 +174,57 @@ def test_live_page_labels_the_face(page) -> None:
     assert colour_pixels(report, colours[shown[0]]) > 20_000
 
 
+def test_report_of_a_followed_person_keeps_its_table_header_apart(page) -> None:
+    """The report of a session following person #1: the table's first header ("Expression of Person #1") ends
+    before the bar column's header begins; it ran into "Share of analysed time"."""
+    page.click("#camera-toggle")
+    page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
+    page.click("#camera-toggle")
+    page.select_option("#person-select", "1")
+    report = download_png(page, "#report-download").astype(int)
+    # The table's bar tracks (#eceef2): the first one's top is 7 px above its row's middle, its left edge is the
+    # bar column; the header row's middle is one row (26 px) higher.
+    ys, xs = np.nonzero(np.all(report == (236, 238, 242), axis=-1))
+    bar_x, middle = int(xs.min()), int(ys.min()) + 7 - 26
+    ink = np.nonzero((report[middle - 8 : middle + 9].max(axis=-1) < 200).any(axis=0))[0]
+    # The first header: ink from the left margin up to the first gap wider than a space.
+    end = next((int(a) for a, b in zip(ink, ink[1:], strict=False) if b - a > 8), int(ink[-1]))
+    assert ink[0] < bar_x and end < bar_x, (int(ink[0]), end, bar_x)
+
+
+def test_following_a_person_renames_the_summary_hint_and_the_chart(page) -> None:
+    """Following person #1, the summary's hint and the timeline's accessible name say whose expression they show,
+    as the title and the sentence do (they kept saying "face 1")."""
+    page.click("#camera-toggle")
+    page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
+    page.click("#camera-toggle")
+    page.select_option("#person-select", "1")
+    assert page.inner_text("#summary-text").startswith("Person #1 showed ")
+    hint, label = page.inner_text("#summary-panel .hint"), page.get_attribute("#timeline", "aria-label")
+    assert "Person #1" in hint and "face 1" not in hint, hint
+    assert label.endswith("expression of Person #1"), label
+    page.select_option("#person-select", "")
+    assert "expression of face 1" in page.inner_text("#summary-panel .hint")
+    assert page.get_attribute("#timeline", "aria-label").endswith("expression of face 1")
+
+
+def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
+    """Typing 50 in "Max faces" (its max is the server's limit, 32): the input shows 32 and the stream goes on with
+    it, instead of keeping 50 on show while the server refuses it and goes on with its default."""
+    from server.config import Settings
+
+    assert page.get_attribute("#max-faces", "max") == str(Settings.model_fields["max_faces"].default)
+    page.click("#camera-toggle")
+    page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+    page.fill("#max-faces", "50")
+    page.press("#max-faces", "Tab")
+    page.wait_for_timeout(1500)  # the server's answer to the config message, and a few more frames
+    assert page.input_value("#max-faces") == "32"
+    assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
+    assert page.get_attribute("#current-labels", "data-labels") != ""
+    page.click("#camera-toggle")
+
+
 def test_live_timeline_shows_no_face_stretches_on_a_phone(
     playwright, live_server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -254,6 +305,50 @@ def test_image_upload_draws_faces(page, tmp_path: Path) -> None:
     assert canvas_colour_pixels(page, "#image-canvas", colours[emotion]) > 200
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#image-panel").screenshot(path=str(ARTIFACTS / "image-upload.png"))
+
+
+def test_box_caption_text_is_readable_on_the_angry_colour(browser, make_model, tmp_path: Path) -> None:
+    """A face labelled angry: its caption is written in near-black on the vermillion tag (5.4:1), not in white
+    (3.9:1, under WCAG's 4.5:1 for text of this size)."""
+    from server.app import create_app
+
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(jpeg(astronaut_frame(512, 512), 90))
+    angry = make_model("angry.onnx", favour="angry")
+    with LiveServer(create_app(make_settings(angry, "haar"))) as server, open_page(browser, server.url) as page:
+        page.set_input_files("#image-file", str(photo))
+        page.click("#image-form button[type=submit]")
+        page.wait_for_function("document.getElementById('image-status').textContent.includes('found')")
+        item = page.inner_text("#image-faces li")
+        assert item.startswith("angry "), item
+        x, y = (int(v) for v in item.split("box at ")[1].split(" ")[0].split(","))
+        # The caption's tag (overlay.drawFace on a 512 px image: 14 px font, 3 px padding, 20 px high) sits on the
+        # box's top edge, above it where there is room.
+        top = y - 20 if y >= 20 else y
+        tag = canvas_pixels(page, "#image-canvas", max(0, x - 1), 60)[top + 3 : top + 17].astype(int)
+        assert colour_pixels(tag, legend_colours(page, "#timeline-legend")["angry"]) > 200  # the tag is there
+        light = int((tag.min(axis=-1) > 200).sum())
+        dark = int((tag.max(axis=-1) < 80).sum())
+        assert dark > 20 and light == 0, (dark, light)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_primary_buttons_are_readable_in_both_colour_schemes(page, scheme: str) -> None:
+    """The text of the primary buttons (Start camera, Analyse image, Analyse video) on the accent colour has WCAG's
+    4.5:1 contrast in the light and the dark scheme (the dark scheme's light blue took white text at 2.5:1)."""
+    page.emulate_media(color_scheme=scheme)
+
+    def luminance(rgb: tuple[int, int, int]) -> float:
+        c = [v / 255 for v in rgb]
+        r, g, b = (v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    buttons = page.evaluate("""[...document.querySelectorAll('button.primary')].map(b =>
+        [b.textContent, getComputedStyle(b).color, getComputedStyle(b).backgroundColor])""")
+    assert len(buttons) == 3, buttons
+    for text, colour, background in buttons:
+        lighter, darker = sorted((luminance(css_rgb(colour)), luminance(css_rgb(background))), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (scheme, text, colour, background)
 
 
 def test_image_refused_after_another_hides_the_last_image(browser, live_server, tmp_path: Path) -> None:
@@ -349,6 +444,15 @@ def test_video_upload_chart_agrees_with_the_server(page, live_server, tmp_path: 
     assert colour_pixels(report, colours[NO_FACE]) > 5_000 and colour_pixels(report, colours[dominant]) > 5_000
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#video-panel").screenshot(path=str(ARTIFACTS / "video-upload.png"))
+
+
+def test_video_legend_lists_the_models_expressions_before_any_video(page) -> None:
+    """The video panel's legend, before a video is analysed, is the timeline's: the model's expressions and "no face",
+    in the same colours (it listed "no face" alone)."""
+    labels = page.evaluate("fetch('/model').then(r => r.json()).then(m => m.labels)")
+    colours = legend_colours(page, "#video-legend")
+    assert list(colours) == [*labels, NO_FACE]
+    assert colours == legend_colours(page, "#timeline-legend")
 
 
 def test_a_new_video_upload_takes_over_the_panel(page, live_server, tmp_path: Path) -> None:
@@ -734,3 +838,8 @@ def test_page_follows_a_server_restarted_with_another_model(browser, make_model,
             # Every second, before and after the switch, drawn as the CSV counts it; the summary is their average.
             summary = check_timeline_and_summary(page, "#timeline", "#summary-bars", csv_shares(csv), colours)
             assert summary[before[2]] > 0 and summary[after[2]] > 0, summary
+            # A new session counts by the new model's labels alone: its legend and its summary bars say so.
+            page.click("#session-reset")
+            assert list(legend_colours(page, "#timeline-legend")) == [*after[1], NO_FACE]
+            bars = page.evaluate("[...document.querySelectorAll('#summary-bars .bar')].map(b => b.dataset.category)")
+            assert bars == [*after[1], NO_FACE]

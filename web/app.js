@@ -41,6 +41,8 @@ const elements = {
   reset: $('session-reset'),
   person: $('person-select'),
   timelineTitle: $('timeline-title'),
+  timeline: $('timeline'),
+  summaryHint: $('summary-hint'),
 };
 
 let labels = []; // the model's, in its output order
@@ -95,13 +97,16 @@ function applyLabels(newLabels) {
   session.setLabels(labels);
   timeline.setCategories(session.shares.categories, session.labels);
   overlay.setLabels(labels);
+  videoPanel.setLabels(labels);
   updatePeople();
   renderSummary();
 }
 
+// Within the input's min and max (the server's default limit, Settings.max_faces): the server refuses a larger one.
 function maxFaces() {
-  const n = Math.round(Number(elements.maxFaces.value));
-  return Number.isFinite(n) && n >= 1 ? n : 1;
+  const { min, max, value } = elements.maxFaces;
+  const n = Math.round(Number(value));
+  return Math.min(Number(max), Math.max(Number(min), Number.isFinite(n) ? n : 1));
 }
 
 const client = new LiveClient(() => camera.captureJpeg(), {
@@ -200,7 +205,12 @@ function redrawTimeline() {
 function renderSummary() {
   const { series, who } = followed();
   const summary = series.summary();
-  elements.timelineTitle.textContent = `Timeline: expression of ${who ?? 'face 1'}`;
+  const whose = who ?? 'face 1';
+  elements.timelineTitle.textContent = `Timeline: expression of ${whose}`;
+  elements.timeline.setAttribute('aria-label',
+    `Stacked bars: share of each second's frames per expression of ${whose}`);
+  elements.summaryHint.textContent =
+    `Share of the session's analysed time per expression of ${whose}: the average of the timeline's bars.`;
   elements.csv.disabled = session.rows.length === 0;
   elements.report.disabled = summary.buckets === 0;
   const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 rows.' : '';
@@ -305,7 +315,8 @@ elements.person.addEventListener('change', () => {
 });
 
 elements.reset.addEventListener('click', () => {
-  session.reset(labels);
+  session.reset(labels); // drops the labels an earlier model had that this one lacks
+  timeline.setCategories(session.shares.categories, session.labels);
   elements.person.length = 1;
   timelineDirty = true;
   redrawTimeline();
@@ -316,7 +327,7 @@ drawAffectGauge($('affect-legend').getContext('2d'), 0, 0, 120, 0.6, -0.3, 16);
 
 setupAccessForm();
 setupImagePanel(() => labels);
-setupVideoPanel(() => labels, () => modelDescription);
+const videoPanel = setupVideoPanel(() => labels, () => modelDescription);
 loadModelInfo().then(() => {
   timelineDirty = true;
   redrawTimeline();

@@ -29,11 +29,16 @@ export function labelColour(label, labels = []) {
   return SPARE_COLOURS[index % SPARE_COLOURS.length];
 }
 
-// Black or white, whichever reads better on a background colour given as #rrggbb.
+// Near-black or white, whichever has the higher contrast ratio (WCAG 2) on a background colour given as #rrggbb.
 export function textColourOn(hex) {
-  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
-  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
-  return luminance > 0.45 ? '#111111' : '#ffffff';
+  const linear = (v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+  const luminance = (colour) => {
+    const [r, g, b] = [1, 3, 5].map((i) => linear(parseInt(colour.slice(i, i + 2), 16) / 255));
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const background = luminance(hex);
+  const dark = '#111111';
+  return (background + 0.05) / (luminance(dark) + 0.05) >= 1.05 / (background + 0.05) ? dark : '#ffffff';
 }
 
 export function percent(x, digits = 0) {

@@ -70,11 +70,14 @@ export function drawReport(report) {
   y += 30;
   ctx.textBaseline = 'middle';
 
-  // Table: expression, bar, share of analysed time, time.
-  const columns = { name: MARGIN, bar: MARGIN + 170, share: MARGIN + 620, time: MARGIN + 740 };
+  // Table: expression, bar, share of analysed time, time. The first column is as wide as its header needs
+  // ("Expression of Person #12").
   ctx.font = `600 14px ${FONT}`;
+  const nameHeader = `Expression of ${report.who ?? 'face 1'}`;
+  const bar = MARGIN + Math.max(170, Math.ceil(ctx.measureText(nameHeader).width) + 24);
+  const columns = { name: MARGIN, bar, share: bar + 450, time: bar + 570 };
   ctx.fillStyle = '#444c5a';
-  ctx.fillText(`Expression of ${report.who ?? 'face 1'}`, columns.name, y + ROW_HEIGHT / 2);
+  ctx.fillText(nameHeader, columns.name, y + ROW_HEIGHT / 2);
   ctx.fillText('Share of analysed time', columns.bar, y + ROW_HEIGHT / 2);
   ctx.fillText('Share', columns.share, y + ROW_HEIGHT / 2);
   ctx.fillText('Time', columns.time, y + ROW_HEIGHT / 2);

@@ -150,6 +150,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
   chart.setCategories(series.categories, series.labels);
   let controller = null;
   let report = null; // what the report button saves: the last finished analysis
+  let started = false; // whether an analysis has begun: from then on the panel's labels are the server's answers'
 
   cancel.addEventListener('click', () => controller?.abort());
   reportButton.addEventListener('click', () => {
@@ -163,6 +164,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       setStatus(status, 'Choose a video file first.', 'error');
       return;
     }
+    started = true;
     controller?.abort();
     controller = new AbortController();
     const { signal } = controller;
@@ -254,6 +256,15 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       if (controller.signal === signal) cancel.disabled = true;
     }
   });
+
+  return {
+    // The model's labels (GET /model): the empty chart's legend shows them until a video is analysed.
+    setLabels(labels) {
+      if (started) return;
+      series.reset(labels);
+      chart.setCategories(series.categories, labels);
+    },
+  };
 }
 
 // One line per face the server tracked through the video (summary.tracks), in the page's quantity: the share of the

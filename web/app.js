@@ -209,8 +209,9 @@ function renderSummary() {
   elements.timelineTitle.textContent = `Timeline: expression of ${whose}`;
   elements.timeline.setAttribute('aria-label',
     `Stacked bars: share of each second's frames per expression of ${whose}`);
-  elements.summaryHint.textContent =
-    `Share of the session's analysed time per expression of ${whose}: the average of the timeline's bars.`;
+  // The timeline shows the last two minutes; the summary is the whole session's.
+  elements.summaryHint.textContent = `Share of the session's analysed time per expression of ${whose}: the ` +
+    `average of the timeline's bars over the whole session (the timeline shows its last ${TIMELINE_WINDOW_S / 60} minutes).`;
   elements.csv.disabled = session.rows.length === 0;
   elements.report.disabled = summary.buckets === 0;
   const truncated = session.rowsTruncated ? ' The CSV holds the first 200,000 rows.' : '';

@@ -158,6 +158,41 @@ except ImportError:  # pragma: no cover
     DEFAULT_PROTOCOL = HeaderDeadlineH11Protocol
 
 
+class WebSocketBackpressure:
+    """uvicorn's WebSocket protocol that stops reading while its answers cannot be written.
+
+    The protocol answers each ping with a pong written straight to the transport, reading on while the client
+    takes nothing: a client that floods pings and never reads grew the server's write buffer as fast as it could
+    send (300 MB of pings, +285 MB of memory). Here reading pauses when the transport's buffer passes its high-water
+    mark, and resumes when it drains (and the app is not holding reading paused for its own queue).
+    """
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        if not self.read_paused:  # type: ignore[attr-defined]
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if not self.writable.is_set():  # the app's receive() resumed reading while writes are still paused
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+
+try:  # the implementation uvicorn picks when the websockets package is there (uvicorn >= 0.35)
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class BackpressureWebSocketProtocol(WebSocketBackpressure, WebSocketsSansIOProtocol):
+        pass
+
+    WS_PROTOCOL: type | str = BackpressureWebSocketProtocol
+except ImportError:  # pragma: no cover
+    WS_PROTOCOL = "auto"
+
+
 class BodyTimeout(Exception):
     """The request body did not arrive in time (answered 408, connection closed)."""
 
@@ -210,4 +245,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # answers an oversize frame itself (an error message, then close 1009); a bigger one is cut off while it
         # arrives by the WebSocket library (close 1009, the reason names the limit), so memory stays bounded.
         "ws_max_size": 2 * settings.ws_max_frame_bytes,
+        "ws": WS_PROTOCOL,
     }

@@ -83,6 +83,10 @@ class ClientTextErrorFilter(logging.Filter):
             logger.addFilter(cls())
 
 
+class ClientNotReading(Exception):
+    """The client took none of the session's answers for ``ws_idle_timeout`` seconds."""
+
+
 class LiveResult(BaseModel):
     type: Literal["result"] = "result"
     frame_id: int = Field(description="Number of the binary message on this connection, from 1.")
@@ -280,7 +284,15 @@ class LiveSession:
 
     async def send(self, message: BaseModel | dict[str, Any]) -> None:
         text = message.model_dump_json() if isinstance(message, BaseModel) else json.dumps(message)
-        # Receiver and worker both answer; one lock keeps their messages whole and in order.
+        # Receiver and worker both answer; one lock keeps their messages whole and in order. A client that reads
+        # nothing fills the socket buffers and a send then waits for room that never comes: after the idle timeout
+        # the session ends (ClientNotReading), freeing its live slot, as a client that sends nothing is closed.
+        try:
+            await asyncio.wait_for(self._send_in_turn(text), self.settings.ws_idle_timeout)
+        except asyncio.TimeoutError:
+            raise ClientNotReading(f"client read no answer for {self.settings.ws_idle_timeout:g} s") from None
+
+    async def _send_in_turn(self, text: str) -> None:
         async with self._send_lock:
             await self.websocket.send_text(text)
 
@@ -291,7 +303,9 @@ class LiveSession:
             done, _ = await asyncio.wait({receiver, worker}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
-                if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                if isinstance(exc, ClientNotReading):
+                    log.info("live session ended: %s", exc)
+                elif exc is not None and not isinstance(exc, WebSocketDisconnect):
                     log.error("live session failed", exc_info=exc)
             if self.leaving and not receiver.done():
                 async with self._send_lock:

@@ -260,3 +260,42 @@ def test_endless_request_headers_get_431(server: LiveServer) -> None:
     cookies = "; ".join(f"c{i}={'v' * 90}" for i in range(300))  # 28 kB of ordinary headers still pass
     r = httpx.get(f"{server.url}/healthz", headers={"cookie": cookies})
     assert r.status_code == 200, r.text
+
+
+def unread_websocket(port: int) -> socket.socket:
+    """A WebSocket connection to /ws (raw socket, small receive buffer) whose client will never read a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def flood_pings(sock: socket.socket, limit: int, stall: float = 1.0) -> int:
+    """Send protocol pings (125 bytes, masked with zeros) until the server stops taking them for ``stall`` seconds
+    or ``limit`` bytes are out; the bytes sent."""
+    pings = (bytes([0x89, 0x80 | 125]) + bytes(4) + b"p" * 125) * 1000
+    sock.setblocking(False)
+    sent, last = 0, time.monotonic()
+    while sent < limit and time.monotonic() - last < stall:
+        try:
+            rest = len(pings) - sent % len(pings)  # whole frames only: the rest of the block first
+            sent += sock.send(pings[-rest:])
+            last = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.02)
+    return sent
+
+
+def test_ping_flood_from_a_client_that_never_reads_is_held_back(server: LiveServer) -> None:
+    # Every ping is answered with a pong. uvicorn's WebSocket protocol wrote the pongs of a client that reads nothing
+    # to a write buffer without bound and kept reading: the server's memory grew as fast as the client could send.
+    with contextlib.closing(unread_websocket(server.port)) as sock:
+        sent = flood_pings(sock, limit=48_000_000)
+    # The kernel's socket buffers on both sides hold a few MB; past them the server must stop reading.
+    assert sent < 32_000_000, f"the server took {sent} bytes of pings from a client that reads none of its pongs"
+    assert httpx.get(f"{server.url}/healthz").status_code == 200

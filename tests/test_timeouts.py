@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -145,3 +146,24 @@ def test_busy_websocket_is_closed_at_its_maximum_age(server: LiveServer) -> None
                 time.sleep(0.3)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     assert replies >= 5 and 2.5 < time.monotonic() - start < 5
+
+
+def test_websocket_client_that_reads_nothing_gives_its_slot_back(server: LiveServer) -> None:
+    # A client that sends but never reads: once the socket buffers are full the server's next answer waits for
+    # room that never comes. Without a deadline on that send the session, and one of the live connection slots,
+    # were held forever, past the idle timeout and the maximum age.
+    from test_hostile_input import flood_pings, unread_websocket
+
+    from server.live import LiveHub
+
+    hub = LiveHub.of(server.app)
+    with contextlib.closing(unread_websocket(server.port)) as sock:
+        flood_pings(sock, limit=48_000_000)  # the pongs fill the buffers (the server then stops reading)
+        start = time.monotonic()
+        while hub.active and time.monotonic() - start < 8:
+            time.sleep(0.1)
+        assert hub.active == 0, "the session of a client that reads nothing is still open"
+    assert time.monotonic() - start < 2 * WS_IDLE + 2
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}

@@ -248,11 +248,20 @@ def run_with_env(env: dict[str, str], *args: str, timeout: float = 60) -> subpro
         ({"EMOTION_API_KEY": "secret!"}, [], "EMOTION_API_KEY: the API key must be 8 or more"),
         ({}, ["--port", "70000"], "--port must be from 0 to 65535, got 70000"),
         ({}, ["--log-level", "verbose"], "argument --log-level: invalid choice: 'verbose'"),
+        ({"EMOTION_MODEL_PATH": "no-such.onnx"}, [], "EMOTION_MODEL_PATH: model file not found: no-such.onnx"),
+        ({"EMOTION_MODEL_PATH": "README.md"}, [], "EMOTION_MODEL_PATH: cannot load ONNX model README.md: "),
+        (
+            {"EMOTION_DETECTOR": "yunet", "EMOTION_YUNET_PATH": "no-such.onnx"},
+            [],
+            "EMOTION_YUNET_PATH: YuNet model not found: no-such.onnx",
+        ),
+        ({"EMOTION_VIDEO_TEMP_DIR": "README.md/videos"}, [], "EMOTION_VIDEO_TEMP_DIR README.md/videos: video uploads"),
     ],
 )
 def test_server_refuses_bad_settings_in_one_line(env: dict[str, str], args: list[str], message: str) -> None:
     # Were: a pydantic or logging traceback; an unknown log level passed the settings; --port 70000 served on 4464
-    # (the socket layer takes the port modulo 65536) while the log said 70000.
+    # (the socket layer takes the port modulo 65536) while the log said 70000. A model file or video folder that
+    # cannot be used was uvicorn's lifespan traceback and exit status 3.
     result = run_with_env(env, "-m", "server", *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"emotion-server: error: {message}" in result.stderr.splitlines()[-1]

@@ -10,7 +10,8 @@ Videos and the webcam are streams: each face keeps a track id (``#2``) and its l
 (``--smoothing S``, default ``EMOTION_SMOOTHING_SECONDS``; 0 for each frame's own values).
 
 ``--model``, ``--detector`` and ``--yunet`` (or the ``EMOTION_*`` environment variables) pick the models. Exit
-status: 0 done, 1 a file could not be read or analysed or a setting was refused, 2 bad usage, 130 interrupted.
+status: 0 done, 1 a file could not be read or analysed or a setting was refused, 2 bad usage, 130 interrupted,
+141 the output pipe was closed (``| head``).
 """
 
 from __future__ import annotations
@@ -511,13 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe ends below rather than in the interpreter's last flush
+        return status
     except CliError as exc:
         print(f"emotion: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of the output is gone (`emotion image photos/ | head -1`): stop quietly, with the status of a
+        # command ended by SIGPIPE; what is still buffered goes nowhere instead of failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

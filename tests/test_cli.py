@@ -308,6 +308,27 @@ def test_console_script_is_declared() -> None:
     assert all(cmd in result.stdout for cmd in ("image", "video", "webcam", "serve"))
 
 
+@pytest.mark.parametrize("command", ["image", "video"])
+def test_a_closed_output_pipe_ends_quietly(
+    model_path: Path, astronaut_jpeg: bytes, clip: Path, tmp_path: Path, command: str
+) -> None:
+    # `emotion image photos/ | head -1`, `emotion video talk.mp4 --json | head`: was a BrokenPipeError traceback.
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    args = [photo, photo] if command == "image" else [clip, "--json"]
+    models = ["--model", str(model_path), "--detector", "haar"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", command, *map(str, args), *models],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the first line is written
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and stderr == "", stderr
+
+
 def test_image_command_takes_a_folder(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -276,6 +276,16 @@ def test_cli_refuses_a_bad_setting_in_one_line(astronaut_jpeg: bytes, tmp_path: 
     assert result.stderr == "emotion: error: EMOTION_MAX_FACES: Input should be greater than or equal to 1\n"
 
 
+def test_every_setting_is_documented() -> None:
+    # The README sends users to docs/configuration.md for "every EMOTION_* setting" (and it to security.md for the
+    # limits): EMOTION_YUNET_NMS_THRESHOLD was in neither.
+    from server.config import Settings
+
+    docs = (ROOT / "docs" / "configuration.md").read_text() + (ROOT / "docs" / "security.md").read_text()
+    missing = [f"EMOTION_{name.upper()}" for name in Settings.model_fields if f"`EMOTION_{name.upper()}`" not in docs]
+    assert missing == []
+
+
 def test_serve_takes_uvicorns_trace_log_level(model_path: Path) -> None:
     # uvicorn's own "trace" level, which the standard logging module does not know: was a ValueError traceback.
     with socket.socket() as s:

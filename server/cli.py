@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -163,10 +164,16 @@ def load_pipeline(settings: Settings) -> EmotionPipeline:
     from server.detector import DetectorError
     from server.pipeline import EmotionPipeline
 
+    # A fall back to Haar is said once, below; the detector's own warning would print it a second time, bare.
+    detector_log = logging.getLogger("server.detector")
+    level = detector_log.level
+    detector_log.setLevel(logging.ERROR)
     try:
         pipeline = EmotionPipeline.from_settings(settings)
     except (ModelError, DetectorError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        detector_log.setLevel(level)
     if pipeline.detector.fallback_reason:
         print(f"emotion: warning: {pipeline.detector.fallback_reason}; using the Haar cascade", file=sys.stderr)
     return pipeline

@@ -286,6 +286,19 @@ def test_every_setting_is_documented() -> None:
     assert missing == []
 
 
+def test_yunet_fallback_is_said_once(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    # Was twice: the detector's log record (printed bare by logging's last-resort handler), then emotion's own line.
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    missing = tmp_path / "no-yunet.onnx"
+    env = {"EMOTION_YUNET_PATH": str(missing), "EMOTION_MODEL_PATH": str(model_path), "EMOTION_DETECTOR": "auto"}
+    result = run_with_env(env, "-m", "server.cli", "image", str(photo))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"emotion: warning: YuNet model not found: {missing} (run `python -m server.download`); using the Haar cascade"
+    ]
+
+
 def test_serve_takes_uvicorns_trace_log_level(model_path: Path) -> None:
     # uvicorn's own "trace" level, which the standard logging module does not know: was a ValueError traceback.
     with socket.socket() as s:

@@ -197,7 +197,7 @@ def image_paths(paths: list[Path]) -> tuple[list[Path], list[str]]:
             if not found:
                 problems.append(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
             files += found
-        elif path.is_file():
+        elif path.exists():  # a file, or a pipe: /dev/stdin, <(curl -s URL)
             files.append(path)
         else:
             problems.append(f"{path}: no such file")
@@ -220,6 +220,10 @@ def cmd_image(args: argparse.Namespace) -> int:
             image = decode_image(path.read_bytes(), settings)
         except InputError as exc:
             print(f"emotion: error: {path}: {exc.detail}", file=sys.stderr)
+            status = 1
+            continue
+        except OSError as exc:
+            print(f"emotion: error: {path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
             status = 1
             continue
         faces, _ = pipeline.predict(image)

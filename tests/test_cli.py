@@ -370,6 +370,18 @@ def test_image_command_takes_a_folder(model_path: Path, astronaut_jpeg: bytes, t
     assert result.returncode == 1 and "no images in this folder" in result.stderr
 
 
+def test_image_command_reads_a_pipe(model_path: Path, astronaut_jpeg: bytes) -> None:
+    # `curl -s URL | emotion image /dev/stdin`, `emotion image <(curl -s URL)`: was "/dev/stdin: no such file".
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "image", "/dev/stdin", "--model", str(model_path), "--detector", "haar"],
+        input=astronaut_jpeg,  # through a pipe
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("/dev/stdin  face 1  ")
+
+
 def test_video_given_a_photo_suggests_emotion_image(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
     photo = tmp_path / "me.jpg"
     photo.write_bytes(astronaut_jpeg)

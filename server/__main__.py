@@ -34,6 +34,33 @@ def prepare_metrics_dir() -> Path | None:
     return path
 
 
+def startup_problem(settings: Settings) -> str | None:
+    """What would stop the app's start-up, as ``EMOTION_<NAME>: why``; None when nothing would.
+
+    The app loads its models when uvicorn starts it, where a failure is a traceback and exit status 3; checked here
+    first, a missing or unusable model file or video folder is one line naming its setting.
+    """
+    from server.classifier import EmotionClassifier, ModelError
+    from server.config import resolve_path
+    from server.detector import DetectorError, YuNetDetector
+    from server.video import check_temp_dir
+
+    try:
+        check_temp_dir(settings.video_temp_dir)  # its message names EMOTION_VIDEO_TEMP_DIR
+    except RuntimeError as exc:
+        return str(exc)
+    try:
+        EmotionClassifier(resolve_path(settings.model_path), settings.intra_op_threads, settings.provider_list)
+    except ModelError as exc:
+        return f"EMOTION_MODEL_PATH: {exc}"
+    if settings.detector == "yunet":  # "auto" falls back to the Haar cascade (with a warning) instead of failing
+        try:
+            YuNetDetector(resolve_path(settings.yunet_path), sha256=settings.yunet_sha256 or None)
+        except DetectorError as exc:
+            return f"EMOTION_YUNET_PATH: {exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="emotion-server", description="Run the facial-emotion service.")
     try:
@@ -61,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--workers must be at least 1")
     if not 0 <= args.port <= 65535:  # the socket layer would bind the port modulo 65536
         parser.error(f"--port must be from 0 to 65535, got {args.port}")
+    if problem := startup_problem(defaults):
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     logging.basicConfig(level=UVICORN_LOG_LEVELS[args.log_level], format="%(levelname)s:     %(name)s: %(message)s")
     # The workers read their settings from the environment: they need the count to share out the CPUs.
     os.environ["EMOTION_WORKERS"] = str(args.workers)

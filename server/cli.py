@@ -10,13 +10,15 @@ Videos and the webcam are streams: each face keeps a track id (``#2``) and its l
 (``--smoothing S``, default ``EMOTION_SMOOTHING_SECONDS``; 0 for each frame's own values).
 
 ``--model``, ``--detector`` and ``--yunet`` (or the ``EMOTION_*`` environment variables) pick the models. Exit
-status: 0 done, 1 a file could not be read or analysed or a setting was refused, 2 bad usage, 130 interrupted.
+status: 0 done, 1 a file could not be read or analysed or a setting was refused, 2 bad usage, 130 interrupted,
+141 the output pipe was closed (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -162,10 +164,16 @@ def load_pipeline(settings: Settings) -> EmotionPipeline:
     from server.detector import DetectorError
     from server.pipeline import EmotionPipeline
 
+    # A fall back to Haar is said once, below; the detector's own warning would print it a second time, bare.
+    detector_log = logging.getLogger("server.detector")
+    level = detector_log.level
+    detector_log.setLevel(logging.ERROR)
     try:
         pipeline = EmotionPipeline.from_settings(settings)
     except (ModelError, DetectorError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        detector_log.setLevel(level)
     if pipeline.detector.fallback_reason:
         print(f"emotion: warning: {pipeline.detector.fallback_reason}; using the Haar cascade", file=sys.stderr)
     return pipeline
@@ -189,7 +197,7 @@ def image_paths(paths: list[Path]) -> tuple[list[Path], list[str]]:
             if not found:
                 problems.append(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
             files += found
-        elif path.is_file():
+        elif path.exists():  # a file, or a pipe: /dev/stdin, <(curl -s URL)
             files.append(path)
         else:
             problems.append(f"{path}: no such file")
@@ -212,6 +220,10 @@ def cmd_image(args: argparse.Namespace) -> int:
             image = decode_image(path.read_bytes(), settings)
         except InputError as exc:
             print(f"emotion: error: {path}: {exc.detail}", file=sys.stderr)
+            status = 1
+            continue
+        except OSError as exc:
+            print(f"emotion: error: {path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
             status = 1
             continue
         faces, _ = pipeline.predict(image)
@@ -511,13 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe ends below rather than in the interpreter's last flush
+        return status
     except CliError as exc:
         print(f"emotion: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of the output is gone (`emotion image photos/ | head -1`): stop quietly, with the status of a
+        # command ended by SIGPIPE; what is still buffered goes nowhere instead of failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

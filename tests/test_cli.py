@@ -248,11 +248,20 @@ def run_with_env(env: dict[str, str], *args: str, timeout: float = 60) -> subpro
         ({"EMOTION_API_KEY": "secret!"}, [], "EMOTION_API_KEY: the API key must be 8 or more"),
         ({}, ["--port", "70000"], "--port must be from 0 to 65535, got 70000"),
         ({}, ["--log-level", "verbose"], "argument --log-level: invalid choice: 'verbose'"),
+        ({"EMOTION_MODEL_PATH": "no-such.onnx"}, [], "EMOTION_MODEL_PATH: model file not found: no-such.onnx"),
+        ({"EMOTION_MODEL_PATH": "README.md"}, [], "EMOTION_MODEL_PATH: cannot load ONNX model README.md: "),
+        (
+            {"EMOTION_DETECTOR": "yunet", "EMOTION_YUNET_PATH": "no-such.onnx"},
+            [],
+            "EMOTION_YUNET_PATH: YuNet model not found: no-such.onnx",
+        ),
+        ({"EMOTION_VIDEO_TEMP_DIR": "README.md/videos"}, [], "EMOTION_VIDEO_TEMP_DIR README.md/videos: video uploads"),
     ],
 )
 def test_server_refuses_bad_settings_in_one_line(env: dict[str, str], args: list[str], message: str) -> None:
     # Were: a pydantic or logging traceback; an unknown log level passed the settings; --port 70000 served on 4464
-    # (the socket layer takes the port modulo 65536) while the log said 70000.
+    # (the socket layer takes the port modulo 65536) while the log said 70000. A model file or video folder that
+    # cannot be used was uvicorn's lifespan traceback and exit status 3.
     result = run_with_env(env, "-m", "server", *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"emotion-server: error: {message}" in result.stderr.splitlines()[-1]
@@ -265,6 +274,29 @@ def test_cli_refuses_a_bad_setting_in_one_line(astronaut_jpeg: bytes, tmp_path: 
     result = run_with_env({"EMOTION_MAX_FACES": "0"}, "-m", "server.cli", "image", str(photo))
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == "emotion: error: EMOTION_MAX_FACES: Input should be greater than or equal to 1\n"
+
+
+def test_every_setting_is_documented() -> None:
+    # The README sends users to docs/configuration.md for "every EMOTION_* setting" (and it to security.md for the
+    # limits): EMOTION_YUNET_NMS_THRESHOLD was in neither.
+    from server.config import Settings
+
+    docs = (ROOT / "docs" / "configuration.md").read_text() + (ROOT / "docs" / "security.md").read_text()
+    missing = [f"EMOTION_{name.upper()}" for name in Settings.model_fields if f"`EMOTION_{name.upper()}`" not in docs]
+    assert missing == []
+
+
+def test_yunet_fallback_is_said_once(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    # Was twice: the detector's log record (printed bare by logging's last-resort handler), then emotion's own line.
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    missing = tmp_path / "no-yunet.onnx"
+    env = {"EMOTION_YUNET_PATH": str(missing), "EMOTION_MODEL_PATH": str(model_path), "EMOTION_DETECTOR": "auto"}
+    result = run_with_env(env, "-m", "server.cli", "image", str(photo))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"emotion: warning: YuNet model not found: {missing} (run `python -m server.download`); using the Haar cascade"
+    ]
 
 
 def test_serve_takes_uvicorns_trace_log_level(model_path: Path) -> None:
@@ -299,6 +331,27 @@ def test_console_script_is_declared() -> None:
     assert all(cmd in result.stdout for cmd in ("image", "video", "webcam", "serve"))
 
 
+@pytest.mark.parametrize("command", ["image", "video"])
+def test_a_closed_output_pipe_ends_quietly(
+    model_path: Path, astronaut_jpeg: bytes, clip: Path, tmp_path: Path, command: str
+) -> None:
+    # `emotion image photos/ | head -1`, `emotion video talk.mp4 --json | head`: was a BrokenPipeError traceback.
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    args = [photo, photo] if command == "image" else [clip, "--json"]
+    models = ["--model", str(model_path), "--detector", "haar"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", command, *map(str, args), *models],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the first line is written
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and stderr == "", stderr
+
+
 def test_image_command_takes_a_folder(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -315,6 +368,18 @@ def test_image_command_takes_a_folder(model_path: Path, astronaut_jpeg: bytes, t
     empty.mkdir()
     result = emotion(model_path, "image", empty)
     assert result.returncode == 1 and "no images in this folder" in result.stderr
+
+
+def test_image_command_reads_a_pipe(model_path: Path, astronaut_jpeg: bytes) -> None:
+    # `curl -s URL | emotion image /dev/stdin`, `emotion image <(curl -s URL)`: was "/dev/stdin: no such file".
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "image", "/dev/stdin", "--model", str(model_path), "--detector", "haar"],
+        input=astronaut_jpeg,  # through a pipe
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("/dev/stdin  face 1  ")
 
 
 def test_video_given_a_photo_suggests_emotion_image(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:

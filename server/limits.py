@@ -171,14 +171,17 @@ class WebSocketBackpressure:
         super().pause_writing()  # type: ignore[misc]
         self.transport.pause_reading()  # type: ignore[attr-defined]
 
+    # read_paused and writable are uvicorn's own state (0.35-0.54); read with getattr so that a uvicorn without them
+    # loses the back-pressure, not its WebSockets.
     def resume_writing(self) -> None:
         super().resume_writing()  # type: ignore[misc]
-        if not self.read_paused:  # type: ignore[attr-defined]
+        if not getattr(self, "read_paused", False):
             self.transport.resume_reading()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
-        if not self.writable.is_set():  # the app's receive() resumed reading while writes are still paused
+        writable = getattr(self, "writable", None)
+        if writable is not None and not writable.is_set():  # the app's receive() resumed reading; writes still wait
             self.transport.pause_reading()  # type: ignore[attr-defined]
 
 

@@ -28,7 +28,7 @@ from conftest import ASTRONAUT_FACE, ROOT, iou, wait_until_ready
 from server.detector import YUNET_FILE, YUNET_SHA256
 
 # What the wheel is built from: the repository's own files, copied so the build leaves nothing in the checkout.
-SOURCES = ("pyproject.toml", "README.md", "server", "training", "models", "web")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "server", "training", "models", "web")
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,10 @@ def test_wheel_carries_the_models_and_the_page(wheel: Path) -> None:
     }
     assert expected <= names, sorted(expected - names)
     assert not any(n.startswith(("models/", "web/")) for n in names)  # inside the package, not beside it
+    # The code's MIT licence travels with it (YuNet's own is in server/models).
+    licence = [n for n in names if n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE")]
+    assert licence, sorted(n for n in names if ".dist-info/" in n)
+    assert "MIT License" in zipfile.ZipFile(wheel).read(licence[0]).decode()
 
 
 def test_emotion_image_runs_from_another_directory(venv: Path, workdir: Path) -> None:

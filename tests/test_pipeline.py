@@ -409,7 +409,7 @@ def test_alignment_leaves_level_or_implausible_eye_lines_alone() -> None:
 def test_yunet_eyes_are_in_the_sent_images_pixels(yunet_pipeline: EmotionPipeline, astronaut_bgr: np.ndarray) -> None:
     """Landmarks come back from the downscaled detection copy in full-resolution pixels, inside the face box, the
     person's right eye on the image's left. (YuNet's eye points follow a rolled head only partly: turned by 30
-    degrees, the eye line it reports turns by ~3; see docs/model-v2.md on why alignment is not used.)"""
+    degrees, the eye line it reports turns by ~3; see models/MODEL_CARD.md, "Eye alignment", on why it helps little.)"""
     small = yunet_pipeline.detect(astronaut_bgr)[0]
     big = yunet_pipeline.detect(cv2.resize(astronaut_bgr, (2048, 2048), interpolation=cv2.INTER_CUBIC))[0]
     (rx, ry), (lx, ly) = small.eyes()

@@ -407,7 +407,15 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from server.__main__ import main as serve
+    from server.__main__ import startup_problem
 
+    # What would stop the server is said the way every command says it (emotion: error: ..., status 1), naming the
+    # flag where one set it.
+    if problem := startup_problem(load_settings(args)):
+        for flag, name in (("--model", "EMOTION_MODEL_PATH"), ("--yunet", "EMOTION_YUNET_PATH")):
+            if getattr(args, flag[2:]) is not None:
+                problem = problem.replace(f"{name}:", f"{flag}:", 1)
+        raise CliError(problem)
     # The app reads its settings from the environment when uvicorn imports it.
     if args.model is not None:
         os.environ["EMOTION_MODEL_PATH"] = str(args.model)

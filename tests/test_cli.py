@@ -268,6 +268,28 @@ def test_server_refuses_bad_settings_in_one_line(env: dict[str, str], args: list
     assert "secret!" not in result.stderr  # a refused key is not echoed
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({}, ["--model", "no-such.onnx"], "--model: model file not found: no-such.onnx"),
+        ({"EMOTION_MODEL_PATH": "no-such.onnx"}, [], "EMOTION_MODEL_PATH: model file not found: no-such.onnx"),
+        (
+            {},
+            ["--yunet", "no-such.onnx"],
+            "--yunet: YuNet model not found: no-such.onnx (run `python -m server.download`)",
+        ),
+        ({"EMOTION_MAX_FACES": "0"}, [], "EMOTION_MAX_FACES: Input should be greater than or equal to 1"),
+    ],
+)
+def test_emotion_serve_refuses_bad_settings_as_every_command_does(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    # Were emotion-server's own line and status 2, naming EMOTION_MODEL_PATH for a --model flag.
+    result = run_with_env(env, "-m", "server.cli", "serve", "--port", "0", *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == f"emotion: error: {message}\n"
+
+
 def test_cli_refuses_a_bad_setting_in_one_line(astronaut_jpeg: bytes, tmp_path: Path) -> None:
     photo = tmp_path / "me.jpg"
     photo.write_bytes(astronaut_jpeg)

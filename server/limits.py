@@ -158,31 +158,57 @@ except ImportError:  # pragma: no cover
     DEFAULT_PROTOCOL = HeaderDeadlineH11Protocol
 
 
+# Seconds a finished WebSocket connection may take to hand its last bytes to a client before it is cut off.
+UNREAD_CLOSE_GRACE_S = 5.0
+
+
 class WebSocketBackpressure:
     """uvicorn's WebSocket protocol that stops reading while its answers cannot be written.
 
     The protocol answers each ping with a pong written straight to the transport, reading on while the client
     takes nothing: a client that floods pings and never reads grew the server's write buffer as fast as it could
     send (300 MB of pings, +285 MB of memory). Here reading pauses when the transport's buffer passes its high-water
-    mark, and resumes when it drains (and the app is not holding reading paused for its own queue).
+    mark, and resumes when it drains (and the app is not holding reading paused for its own queue). A connection
+    whose app is done but whose client still takes nothing is cut off after ``UNREAD_CLOSE_GRACE_S``.
     """
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
         self.transport.pause_reading()  # type: ignore[attr-defined]
 
-    # read_paused and writable are uvicorn's own state (0.35-0.54); read with getattr so that a uvicorn without them
+    # read_paused and writable are uvicorn's own state (0.35-0.55); read with getattr so that a uvicorn without them
     # loses the back-pressure, not its WebSockets.
     def resume_writing(self) -> None:
         super().resume_writing()  # type: ignore[misc]
         if not getattr(self, "read_paused", False):
             self.transport.resume_reading()  # type: ignore[attr-defined]
 
+    def _hold_reading_while_unwritable(self) -> None:
+        writable = getattr(self, "writable", None)
+        if writable is not None and not writable.is_set():
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
-        writable = getattr(self, "writable", None)
-        if writable is not None and not writable.is_set():  # the app's receive() resumed reading; writes still wait
-            self.transport.pause_reading()  # type: ignore[attr-defined]
+        self._hold_reading_while_unwritable()
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()  # type: ignore[misc]
+        # The app is done and uvicorn has closed the transport, which waits for the write buffer to drain: a client
+        # that reads nothing would keep the connection, and its buffer, forever.
+        if self.transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            asyncio.get_running_loop().call_later(UNREAD_CLOSE_GRACE_S, self._abort_if_unread)
+
+    def _abort_if_unread(self) -> None:
+        if self.transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    async def receive(self) -> Any:
+        # uvicorn resumes reading whenever the app empties its queue; binary messages among the pings (which the
+        # app reads at once, answering nothing) would otherwise reopen the flood each time.
+        message = await super().receive()  # type: ignore[misc]
+        self._hold_reading_while_unwritable()
+        return message
 
 
 try:  # the implementation uvicorn picks when the websockets package is there (uvicorn >= 0.35)

@@ -33,6 +33,7 @@ A frame that finds the CPU queue full gets ``{"type": "error", "frame_id", "erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -296,6 +297,17 @@ class LiveSession:
         async with self._send_lock:
             await self.websocket.send_text(text)
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection; a close frame waits for room in the buffers as an answer does, as long."""
+        try:
+            await asyncio.wait_for(self._close_in_turn(code, reason), self.settings.ws_idle_timeout)
+        except asyncio.TimeoutError:
+            raise ClientNotReading(f"client read no answer for {self.settings.ws_idle_timeout:g} s") from None
+
+    async def _close_in_turn(self, code: int, reason: str) -> None:
+        async with self._send_lock:
+            await self.websocket.close(code, reason)
+
     async def run(self) -> None:
         receiver = asyncio.create_task(self.receive_loop())
         worker = asyncio.create_task(self.work_loop())
@@ -308,8 +320,8 @@ class LiveSession:
                 elif exc is not None and not isinstance(exc, WebSocketDisconnect):
                     log.error("live session failed", exc_info=exc)
             if self.leaving and not receiver.done():
-                async with self._send_lock:
-                    await self.websocket.close(CLOSE_GOING_AWAY, "server going away, reconnect")
+                with contextlib.suppress(ClientNotReading):
+                    await self.close(CLOSE_GOING_AWAY, "server going away, reconnect")
         finally:
             self.slot.close()
             for task in (receiver, worker):
@@ -328,7 +340,7 @@ class LiveSession:
             else:
                 reason = f"connection closed after {idle:g} s without a message"
             await self.send(LiveError(error=reason))
-            await self.websocket.close(CLOSE_GOING_AWAY, reason[:120])
+            await self.close(CLOSE_GOING_AWAY, reason[:120])
             return None
 
     async def receive_loop(self) -> None:
@@ -351,7 +363,7 @@ class LiveSession:
                             error=f"frame is {len(data)} bytes, over the limit of {self.settings.ws_max_frame_bytes}",
                         )
                     )
-                    await self.websocket.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
+                    await self.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                     return
                 if not data:
                     metrics.ws_frames.labels(outcome="error").inc()

@@ -275,10 +275,13 @@ def unread_websocket(port: int) -> socket.socket:
     return sock
 
 
-def flood_pings(sock: socket.socket, limit: int, stall: float = 1.0) -> int:
+def flood_pings(sock: socket.socket, limit: int, stall: float = 1.0, with_frames: bool = False) -> int:
     """Send protocol pings (125 bytes, masked with zeros) until the server stops taking them for ``stall`` seconds
-    or ``limit`` bytes are out; the bytes sent."""
-    pings = (bytes([0x89, 0x80 | 125]) + bytes(4) + b"p" * 125) * 1000
+    or ``limit`` bytes are out; the bytes sent. ``with_frames``: a 4-byte binary message after every 400 pings, which
+    the app reads at once (uvicorn's receive() resumed reading on each, however full the write buffer)."""
+    ping = bytes([0x89, 0x80 | 125]) + bytes(4) + b"p" * 125
+    frame = bytes([0x82, 0x80 | 4]) + bytes(4) + b"junk"
+    pings = (ping * 400 + frame) * 3 if with_frames else ping * 1000
     sock.setblocking(False)
     sent, last = 0, time.monotonic()
     while sent < limit and time.monotonic() - last < stall:
@@ -291,11 +294,13 @@ def flood_pings(sock: socket.socket, limit: int, stall: float = 1.0) -> int:
     return sent
 
 
-def test_ping_flood_from_a_client_that_never_reads_is_held_back(server: LiveServer) -> None:
+@pytest.mark.parametrize("with_frames", [False, True], ids=["pings", "pings-and-frames"])
+def test_ping_flood_from_a_client_that_never_reads_is_held_back(server: LiveServer, with_frames: bool) -> None:
     # Every ping is answered with a pong. uvicorn's WebSocket protocol wrote the pongs of a client that reads nothing
     # to a write buffer without bound and kept reading: the server's memory grew as fast as the client could send.
+    # Binary messages among the pings made the app's receive() resume reading while the buffer was full.
     with contextlib.closing(unread_websocket(server.port)) as sock:
-        sent = flood_pings(sock, limit=48_000_000)
+        sent = flood_pings(sock, limit=48_000_000, with_frames=with_frames)
     # The kernel's socket buffers on both sides hold a few MB; past them the server must stop reading.
     assert sent < 32_000_000, f"the server took {sent} bytes of pings from a client that reads none of its pongs"
     assert httpx.get(f"{server.url}/healthz").status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -148,22 +149,36 @@ def test_busy_websocket_is_closed_at_its_maximum_age(server: LiveServer) -> None
     assert replies >= 5 and 2.5 < time.monotonic() - start < 5
 
 
-def test_websocket_client_that_reads_nothing_gives_its_slot_back(server: LiveServer) -> None:
-    # A client that sends but never reads: once the socket buffers are full the server's next answer waits for
-    # room that never comes. Without a deadline on that send the session, and one of the live connection slots,
-    # were held forever, past the idle timeout and the maximum age.
+def test_websocket_client_that_reads_nothing_gives_its_slot_back(
+    server: LiveServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that sends but never reads: once the socket buffers are full the server's next answer (or its close
+    # frame) waits for room that never comes. Without a deadline on that send the session, and one of the live
+    # connection slots, were held forever, past the idle timeout and the maximum age; and once the session was over,
+    # uvicorn's close of the connection waited for the client to read, so the connection and its buffer stayed.
     from test_hostile_input import flood_pings, unread_websocket
 
+    from server import limits
     from server.live import LiveHub
 
+    monkeypatch.setattr(limits, "UNREAD_CLOSE_GRACE_S", 1.0)
+    caplog.set_level(logging.INFO, logger="server.live")
     hub = LiveHub.of(server.app)
+
+    def websockets() -> int:
+        return sum(isinstance(c, limits.WebSocketBackpressure) for c in server.server.server_state.connections)
+
     with contextlib.closing(unread_websocket(server.port)) as sock:
         flood_pings(sock, limit=48_000_000)  # the pongs fill the buffers (the server then stops reading)
         start = time.monotonic()
         while hub.active and time.monotonic() - start < 8:
             time.sleep(0.1)
         assert hub.active == 0, "the session of a client that reads nothing is still open"
-    assert time.monotonic() - start < 2 * WS_IDLE + 2
+        assert "client read no answer" in caplog.text, caplog.text
+        while websockets() and time.monotonic() - start < 2 * WS_IDLE + 4:
+            time.sleep(0.1)
+        assert websockets() == 0, "the connection of a client that reads nothing outlived its session"
+    assert time.monotonic() - start < 2 * WS_IDLE + 4
     with connect(ws_url(server)) as ws:
         ws.send(json.dumps({"type": "ping"}))
         assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}

@@ -50,7 +50,8 @@ def startup_problem(settings: Settings) -> str | None:
     except RuntimeError as exc:
         return str(exc)
     try:
-        EmotionClassifier(resolve_path(settings.model_path), settings.intra_op_threads, settings.provider_list)
+        # On the CPU whatever EMOTION_PROVIDERS says: a check in the supervisor process holds no GPU context.
+        EmotionClassifier(resolve_path(settings.model_path), settings.intra_op_threads, ["CPUExecutionProvider"])
     except ModelError as exc:
         return f"EMOTION_MODEL_PATH: {exc}"
     if settings.detector == "yunet":  # "auto" falls back to the Haar cascade (with a warning) instead of failing

@@ -409,13 +409,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.__main__ import main as serve
     from server.__main__ import startup_problem
 
-    # What would stop the server is said the way every command says it (emotion: error: ..., status 1), naming the
-    # flag where one set it.
-    if problem := startup_problem(load_settings(args)):
-        for flag, name in (("--model", "EMOTION_MODEL_PATH"), ("--yunet", "EMOTION_YUNET_PATH")):
-            if getattr(args, flag[2:]) is not None:
-                problem = problem.replace(f"{name}:", f"{flag}:", 1)
-        raise CliError(problem)
     # The app reads its settings from the environment when uvicorn imports it.
     if args.model is not None:
         os.environ["EMOTION_MODEL_PATH"] = str(args.model)
@@ -424,6 +417,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.yunet is not None:
         os.environ["EMOTION_YUNET_PATH"] = str(args.yunet)
         os.environ.setdefault("EMOTION_DETECTOR", "yunet")
+    # What would stop the server (the settings it will read) is said the way every command says it (emotion: error:
+    # ..., status 1), naming the flag where one set it.
+    if problem := startup_problem(load_settings(argparse.Namespace(model=None, detector=None, yunet=None))):
+        for flag, name in (("--model", "EMOTION_MODEL_PATH"), ("--yunet", "EMOTION_YUNET_PATH")):
+            if getattr(args, flag[2:]) is not None:
+                problem = problem.replace(f"{name}:", f"{flag}:", 1)
+        raise CliError(problem)
     argv = []
     for flag, value in (
         ("--host", args.host),

@@ -47,10 +47,13 @@ const elements = {
 
 let labels = []; // the model's, in its output order
 let modelDescription = '';
+let modelKey = ''; // what tells one model from another in GET /model's answer
 let modelRefreshedAt = -Infinity;
 const session = new Session();
 const timeline = new ShareChart($('timeline'), $('timeline-legend'));
 const overlay = new FaceOverlay(elements.overlay, elements.video);
+setupImagePanel(() => labels);
+const videoPanel = setupVideoPanel(() => labels, () => modelDescription); // applyLabels passes it the model's labels
 const camera = new Camera(elements.video);
 const resultTimes = [];
 let rttAverage = null;
@@ -79,10 +82,11 @@ async function loadModelInfo() {
       meta.version ? `version ${meta.version}` : null,
       info.detector ? `face detector: ${info.detector}` : null,
     ].filter(Boolean);
-    const previous = modelDescription;
+    const previous = modelKey;
+    modelKey = JSON.stringify([meta.label_source, meta.version, labels]); // not the detector: a fallback is no new model
     modelDescription = parts.join(' · ');
     elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
-    if (previous && modelDescription !== previous) {
+    if (previous && modelKey !== previous) {
       setStatus(`The server now runs another model (${modelDescription}); the session goes on with its labels.`);
     }
   } catch (error) {
@@ -327,8 +331,6 @@ elements.reset.addEventListener('click', () => {
 drawAffectGauge($('affect-legend').getContext('2d'), 0, 0, 120, 0.6, -0.3, 16);
 
 setupAccessForm();
-setupImagePanel(() => labels);
-const videoPanel = setupVideoPanel(() => labels, () => modelDescription);
 loadModelInfo().then(() => {
   timelineDirty = true;
   redrawTimeline();

@@ -164,7 +164,6 @@ export function setupVideoPanel(getLabels, getModelDescription) {
       setStatus(status, 'Choose a video file first.', 'error');
       return;
     }
-    started = true;
     controller?.abort();
     controller = new AbortController();
     const { signal } = controller;
@@ -199,6 +198,7 @@ export function setupVideoPanel(getLabels, getModelDescription) {
         setStatus(status, `Could not analyse the video: ${await errorText(response)}`, 'error');
         return;
       }
+      started = true;
       for await (const line of ndjsonLines(response, signal)) {
         if (line.error || line.detail) {
           setStatus(status, `Analysis stopped: ${line.error || line.detail}`, 'error');

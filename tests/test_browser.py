@@ -216,9 +216,12 @@ def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
     assert page.get_attribute("#max-faces", "max") == str(Settings.model_fields["max_faces"].default)
     page.click("#camera-toggle")
     page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+    # Results after the config message: the server answers it (an ack, or an error) before the frames sent after it.
+    page.evaluate("""() => { window.results = 0; new MutationObserver(() => window.results++)
+        .observe(document.getElementById('current-labels'), {childList: true}); }""")
     page.fill("#max-faces", "50")
     page.press("#max-faces", "Tab")
-    page.wait_for_timeout(1500)  # the server's answer to the config message, and a few more frames
+    page.wait_for_function("window.results >= 5", timeout=15_000)
     assert page.input_value("#max-faces") == "32"
     assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
     assert page.get_attribute("#current-labels", "data-labels") != ""

@@ -204,6 +204,18 @@ def image_paths(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
+def read_upload(path: Path, limit: int) -> bytes:
+    """The file's bytes, as the server would take them: at most ``limit`` (EMOTION_MAX_UPLOAD_BYTES), so that a pipe
+    that never ends (/dev/zero) is refused instead of filling memory."""
+    from server.pipeline import InputError
+
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(413, f"over the upload limit of {limit} bytes (EMOTION_MAX_UPLOAD_BYTES)")
+    return data
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     from server.pipeline import InputError, decode_image
 
@@ -217,7 +229,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     status = 1 if problems else 0
     for path in files:
         try:
-            image = decode_image(path.read_bytes(), settings)
+            image = decode_image(read_upload(path, settings.max_upload_bytes), settings)
         except InputError as exc:
             print(f"emotion: error: {path}: {exc.detail}", file=sys.stderr)
             status = 1

@@ -404,6 +404,20 @@ def test_image_command_reads_a_pipe(model_path: Path, astronaut_jpeg: bytes) -> 
     assert result.stdout.decode().startswith("/dev/stdin  face 1  ")
 
 
+def test_image_command_refuses_an_endless_pipe(model_path: Path) -> None:
+    # `emotion image /dev/zero` read until memory ran out; it stops at the server's upload limit, as the server does.
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "image", "/dev/zero", "--model", str(model_path), "--detector", "haar"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EMOTION_MAX_UPLOAD_BYTES": "1000000"},
+    )
+    assert result.returncode == 1, result.stderr
+    limit = "over the upload limit of 1000000 bytes (EMOTION_MAX_UPLOAD_BYTES)"
+    assert result.stderr == f"emotion: error: /dev/zero: {limit}\n"
+
+
 def test_video_given_a_photo_suggests_emotion_image(model_path: Path, astronaut_jpeg: bytes, tmp_path: Path) -> None:
     photo = tmp_path / "me.jpg"
     photo.write_bytes(astronaut_jpeg)

@@ -37,6 +37,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -285,28 +286,25 @@ class LiveSession:
 
     async def send(self, message: BaseModel | dict[str, Any]) -> None:
         text = message.model_dump_json() if isinstance(message, BaseModel) else json.dumps(message)
-        # Receiver and worker both answer; one lock keeps their messages whole and in order. A client that reads
-        # nothing fills the socket buffers and a send then waits for room that never comes: after the idle timeout
-        # the session ends (ClientNotReading), freeing its live slot, as a client that sends nothing is closed.
-        try:
-            await asyncio.wait_for(self._send_in_turn(text), self.settings.ws_idle_timeout)
-        except asyncio.TimeoutError:
-            raise ClientNotReading(f"client read no answer for {self.settings.ws_idle_timeout:g} s") from None
-
-    async def _send_in_turn(self, text: str) -> None:
-        async with self._send_lock:
-            await self.websocket.send_text(text)
+        await self._write(lambda: self.websocket.send_text(text))
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the connection; a close frame waits for room in the buffers as an answer does, as long."""
+        await self._write(lambda: self.websocket.close(code, reason))
+
+    async def _write(self, write: Callable[[], Awaitable[None]]) -> None:
+        """An answer or the close frame. Receiver and worker both write; one lock keeps their messages whole and in
+        order. A client that reads nothing fills the socket buffers and a write then waits for room that never comes:
+        after the idle timeout the session ends (ClientNotReading), freeing its live slot, as a client that sends
+        nothing is closed."""
+
+        async def in_turn() -> None:
+            async with self._send_lock:
+                await write()
+
         try:
-            await asyncio.wait_for(self._close_in_turn(code, reason), self.settings.ws_idle_timeout)
+            await asyncio.wait_for(in_turn(), self.settings.ws_idle_timeout)
         except asyncio.TimeoutError:
             raise ClientNotReading(f"client read no answer for {self.settings.ws_idle_timeout:g} s") from None
-
-    async def _close_in_turn(self, code: int, reason: str) -> None:
-        async with self._send_lock:
-            await self.websocket.close(code, reason)
 
     async def run(self) -> None:
         receiver = asyncio.create_task(self.receive_loop())

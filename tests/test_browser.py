@@ -122,7 +122,7 @@ def test_live_page_labels_the_face(page) -> None:
     page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
     assert page.inner_text("#stat-fps") != "–"
     assert page.inner_text("#stat-rtt").endswith("ms")
-    assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
+    assert page.inner_text("#camera-toggle") == "Stop camera"
     assert page.inner_text("#summary-text").startswith("Face 1 showed ")
     assert page.is_enabled("#csv-download") and page.is_enabled("#report-download")
 
@@ -142,7 +142,7 @@ def test_live_page_labels_the_face(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
 
     page.click("#camera-toggle")
-    assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+    assert page.inner_text("#camera-toggle") == "Start camera"
     assert page.get_attribute("#current-labels", "data-labels") == ""
 
     csv = download_csv(page)
@@ -172,6 +172,33 @@ def test_live_page_labels_the_face(page) -> None:
     assert report.shape[1] == 1200 and 600 <= report.shape[0] <= 1400, report.shape
     # The report's chart shows the session's expression in its colour, over a good part of the image.
     assert colour_pixels(report, colours[shown[0]]) > 20_000
+
+
+def accessible_node(page, selector: str) -> tuple[str, str, dict[str, object]]:
+    """Role, name and states of an element as Chromium's accessibility tree hands them to a screen reader."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        element = cdp.send("Runtime.evaluate", {"expression": f"document.querySelector({json.dumps(selector)})"})
+        tree = cdp.send("Accessibility.getPartialAXTree", {"objectId": element["result"]["objectId"]})
+    finally:
+        cdp.detach()
+    node = tree["nodes"][0]
+    states = {p["name"]: p["value"].get("value") for p in node.get("properties", [])}
+    return node["role"]["value"], node["name"]["value"], states
+
+
+def test_camera_button_is_named_for_what_a_press_does(page) -> None:
+    """The camera button says what pressing it does, and nothing else: it was also a toggle (aria-pressed), which a
+    screen reader read as "Stop camera, pressed" (WAI-ARIA APG: a toggle button keeps its label)."""
+    role, name, states = accessible_node(page, "#camera-toggle")
+    assert (role, name) == ("button", "Start camera") and "pressed" not in states, states
+    page.click("#camera-toggle")
+    page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+    role, name, states = accessible_node(page, "#camera-toggle")
+    assert (role, name) == ("button", "Stop camera") and "pressed" not in states, states
+    page.click("#camera-toggle")
+    role, name, states = accessible_node(page, "#camera-toggle")
+    assert (role, name) == ("button", "Start camera") and "pressed" not in states, states
 
 
 def test_report_of_a_followed_person_keeps_its_table_header_apart(page) -> None:
@@ -712,7 +739,7 @@ def test_camera_denied_is_explained(playwright, live_server, tmp_path: Path) -> 
             page.click("#camera-toggle")
             page.wait_for_function("document.getElementById('live-status').classList.contains('error')", timeout=10_000)
             assert "denied" in page.inner_text("#live-status")
-            assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+            assert page.inner_text("#camera-toggle") == "Start camera"
             assert page.is_enabled("#camera-toggle")
     finally:
         context.close()
@@ -733,7 +760,7 @@ def test_page_with_an_api_key(browser, model_path, tmp_path: Path) -> None:
         page.click("#camera-toggle")
         page.wait_for_function("document.getElementById('live-status').textContent.includes('refused')", timeout=10_000)
         assert "API key" in page.inner_text("#live-status")
-        assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+        assert page.inner_text("#camera-toggle") == "Start camera"
         # With the key saved (localStorage), uploads and the live stream work.
         page.fill("#api-key", key)
         page.click("#access-form button[type=submit]")

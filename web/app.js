@@ -269,7 +269,6 @@ async function startCamera() {
   }
   elements.placeholder.hidden = true;
   elements.toggle.textContent = 'Stop camera';
-  elements.toggle.setAttribute('aria-pressed', 'true');
   elements.toggle.disabled = false;
   client.start({ max_faces: maxFaces() });
   timelineTimer = setInterval(redrawTimeline, TIMELINE_REDRAW_MS);
@@ -285,12 +284,13 @@ function stopCamera(message = 'Camera is off.', kind = 'info') {
   resetStats();
   elements.placeholder.hidden = false;
   elements.toggle.textContent = 'Start camera';
-  elements.toggle.setAttribute('aria-pressed', 'false');
   setStatus(message, kind);
 }
 
 camera.onended = () => stopCamera('The camera stopped (disconnected or permission withdrawn).');
 
+// The camera button is named for what a press does ("Start camera", "Stop camera") and has no aria-pressed: with
+// both, a screen reader says "Stop camera, pressed" (WAI-ARIA APG, button pattern: a toggle keeps its label).
 elements.toggle.addEventListener('click', () => (camera.running ? stopCamera() : startCamera()));
 
 elements.mirror.addEventListener('change', () => {

@@ -236,8 +236,8 @@ def test_following_a_person_renames_the_summary_hint_and_the_chart(page) -> None
 
 
 def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
-    """Typing 50 in "Max faces" (its max is the server's limit, 32): the input shows 32 and the stream goes on with
-    it, instead of keeping 50 on show while the server refuses it and goes on with its default."""
+    """Typing 50 in "Max faces" (its max is the server's limit, by default 32): the input shows 32 and the stream
+    goes on with it, instead of keeping 50 on show while the server refuses it and goes on with its default."""
     from server.config import Settings
 
     assert page.get_attribute("#max-faces", "max") == str(Settings.model_fields["max_faces"].default)
@@ -253,6 +253,32 @@ def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
     assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
     assert page.get_attribute("#current-labels", "data-labels") != ""
     page.click("#camera-toggle")
+
+
+@pytest.mark.parametrize("limit", [3, 64])
+def test_max_faces_offers_the_servers_limit(browser, model_path, limit: int) -> None:
+    """ "Max faces" offers what this server takes (EMOTION_MAX_FACES, GET /model's max_faces). Its max was 32 whatever
+    the server's limit: a server limited to 3 refused the page's 10 at the start of every stream, and one that takes
+    64 could not be asked for more than 32."""
+    from server.app import create_app
+
+    with (
+        LiveServer(create_app(make_settings(model_path, "haar", max_faces=limit))) as server,
+        open_page(browser, server.url) as page,
+    ):
+        assert page.get_attribute("#max-faces", "max") == str(limit)
+        assert page.input_value("#max-faces") == str(min(10, limit))  # the page's 10, brought down to the limit
+        page.click("#camera-toggle")
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+        assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
+        page.evaluate("""() => { window.results = 0; new MutationObserver(() => window.results++)
+            .observe(document.getElementById('current-labels'), {childList: true}); }""")
+        page.fill("#max-faces", "50")
+        page.press("#max-faces", "Tab")
+        page.wait_for_function("window.results >= 5", timeout=15_000)  # the config's answer came before these
+        assert page.input_value("#max-faces") == str(min(50, limit))
+        assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
+        page.click("#camera-toggle")
 
 
 def test_live_timeline_shows_no_face_stretches_on_a_phone(

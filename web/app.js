@@ -76,6 +76,7 @@ async function loadModelInfo() {
     const info = await response.json();
     const meta = info.metadata ?? {};
     labels = Array.isArray(info.labels) ? info.labels : [];
+    if (Number.isInteger(info.max_faces)) setMaxFacesLimit(info.max_faces);
     const parts = [
       meta.label_source || meta.dataset,
       labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
@@ -106,11 +107,20 @@ function applyLabels(newLabels) {
   renderSummary();
 }
 
-// Within the input's min and max (the server's default limit, Settings.max_faces): the server refuses a larger one.
+// Within the input's min and max (the server's limit, once GET /model has said it): the server refuses a larger one.
 function maxFaces() {
   const { min, max, value } = elements.maxFaces;
   const n = Math.round(Number(value));
-  return Math.min(Number(max), Math.max(Number(min), Number.isFinite(n) ? n : 1));
+  return Math.min(Number(max) || Infinity, Math.max(Number(min), Number.isFinite(n) ? n : 1));
+}
+
+// GET /model's max_faces (EMOTION_MAX_FACES): the input offers up to it, and a value over it is brought down to it.
+function setMaxFacesLimit(limit) {
+  elements.maxFaces.max = String(limit);
+  const n = maxFaces();
+  if (elements.maxFaces.value === String(n)) return;
+  elements.maxFaces.value = String(n);
+  client.configure({ max_faces: n });
 }
 
 const client = new LiveClient(() => camera.captureJpeg(), {

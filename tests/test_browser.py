@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import httpx
@@ -828,6 +829,56 @@ def test_page_with_trusted_hosts_and_another_allowed_origin(browser, model_path,
 
 
 FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+@pytest.mark.parametrize("labels", [None, []], ids=["without-labels", "empty-labels"])
+def test_page_takes_the_labels_from_the_results_when_get_model_names_none(browser, live_server, labels) -> None:
+    """A GET /model answer without labels (this server always sends them; another, or a proxy, may not): the page
+    counts by the labels the results carry, names them in its header, keeps them when the stream reconnects, and
+    reads GET /model only when it opens and after each reconnect. The header named no labels at all, and each
+    reconnect dropped the results' labels until the next result."""
+    model_labels = httpx.get(f"{live_server.url}/model").json()["labels"]
+    fetched: list[str] = []
+
+    def without_labels(route) -> None:
+        response = route.fetch()  # the real server's answer, with its labels taken out
+        body = response.json()
+        if labels is None:
+            del body["labels"]
+        else:
+            body["labels"] = labels
+        fetched.append(route.request.url)
+        route.fulfill(response=response, json=body)
+
+    def is_model(url: str) -> bool:
+        return urlsplit(url).path == "/model"
+
+    browser.route(is_model, without_labels)
+    try:
+        with open_page(browser, live_server.url) as page:
+            assert "emotions" not in page.inner_text("#model-info")
+            assert list(legend_colours(page, "#timeline-legend")) == [NO_FACE]
+            page.click("#camera-toggle")
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+            named = f"{len(model_labels)} emotions ({', '.join(model_labels)})"
+            assert named in page.inner_text("#model-info")
+            page.wait_for_timeout(3000)  # results for longer than the page waits between two reads of GET /model
+            assert len(fetched) == 1, fetched
+            # The header is a live region: every text it takes is read out.
+            page.evaluate("""() => { const header = document.getElementById('model-info'); window.headers = [];
+                new MutationObserver(() => window.headers.push(header.textContent))
+                    .observe(header, {childList: true, characterData: true, subtree: true}); }""")
+            page.click("#camera-toggle")
+            page.click("#camera-toggle")  # a new connection: GET /model again, which still names no labels
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+            page.wait_for_timeout(1000)
+            assert len(fetched) == 2, fetched
+            assert all(named in header for header in page.evaluate("window.headers")), page.evaluate("window.headers")
+            assert list(legend_colours(page, "#timeline-legend")) == [*model_labels, NO_FACE]
+            assert "another model" not in page.inner_text("#live-status")
+            page.click("#camera-toggle")
+    finally:
+        browser.unroute(is_model)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ const elements = {
 };
 
 let labels = []; // the model's, in its output order
+let modelInfo = null; // GET /model's last answer; null before it and when the last read failed
 let modelDescription = '';
 let modelKey = ''; // what tells one model from another in GET /model's answer
 let modelRefreshedAt = -Infinity;
@@ -70,35 +71,49 @@ function setStatus(text, kind = 'info') {
 // comes with other labels.
 async function loadModelInfo() {
   modelRefreshedAt = performance.now();
+  let changed = false;
   try {
     const response = await fetch('model');
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    const info = await response.json();
-    const meta = info.metadata ?? {};
-    labels = Array.isArray(info.labels) ? info.labels : [];
-    if (Number.isInteger(info.max_faces)) setMaxFacesLimit(info.max_faces);
-    const parts = [
-      meta.label_source || meta.dataset,
-      labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
-      meta.version ? `version ${meta.version}` : null,
-      info.detector ? `face detector: ${info.detector}` : null,
-    ].filter(Boolean);
+    modelInfo = await response.json();
+    const meta = modelInfo.metadata ?? {};
+    const modelLabels = Array.isArray(modelInfo.labels) ? modelInfo.labels : [];
+    // An answer without labels (no server of this project's: its models must name theirs) leaves the page the labels
+    // it has; without any yet, it takes them from the first result (followModel).
+    if (modelLabels.length) labels = modelLabels;
+    if (Number.isInteger(modelInfo.max_faces)) setMaxFacesLimit(modelInfo.max_faces);
     const previous = modelKey;
-    modelKey = JSON.stringify([meta.label_source, meta.version, labels]); // not the detector: a fallback is no new model
-    modelDescription = parts.join(' · ');
-    elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
-    if (previous && modelKey !== previous) {
-      setStatus(`The server now runs another model (${modelDescription}); the session goes on with its labels.`);
-    }
+    // Not the detector: a fall back to Haar is no new model.
+    modelKey = JSON.stringify([meta.label_source, meta.version, modelLabels]);
+    changed = previous !== '' && modelKey !== previous;
   } catch (error) {
+    modelInfo = null;
     elements.modelInfo.textContent = `Model information unavailable (${error.message}).`;
   }
   applyLabels(labels);
+  if (changed) {
+    setStatus(`The server now runs another model (${modelDescription}); the session goes on with its labels.`);
+  }
+}
+
+// The header: where the model's labels come from, the labels the page counts by, its version and the face detector.
+function describeModel() {
+  if (!modelInfo) return; // the header says why there is no model information
+  const meta = modelInfo.metadata ?? {};
+  const parts = [
+    meta.label_source || meta.dataset,
+    labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
+    meta.version ? `version ${meta.version}` : null,
+    modelInfo.detector ? `face detector: ${modelInfo.detector}` : null,
+  ].filter(Boolean);
+  modelDescription = parts.join(' · ');
+  elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
 }
 
 // The session keeps labels of an earlier model that this one lacks (Session.setLabels): the charts draw the session's.
 function applyLabels(newLabels) {
   labels = newLabels;
+  describeModel();
   session.setLabels(labels);
   timeline.setCategories(session.shares.categories, session.labels);
   overlay.setLabels(labels);
@@ -146,7 +161,8 @@ const client = new LiveClient(() => camera.captureJpeg(), {
   },
 });
 
-// A result whose labels are not the page's: count it under its own labels now, and read the new model's name.
+// A result whose labels are not the page's: count it under its own labels now, and read the new model's name. The
+// page has none when GET /model named none: then the result's are the labels, with nothing new to read.
 function followModel(result) {
   const resultLabels = labelsFromFaces(result.faces);
   if (!resultLabels.length || sameLabels(resultLabels, labels)) return;

@@ -10,10 +10,9 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
-from pydantic import ValidationError
 from uvicorn.config import LOG_LEVELS as UVICORN_LOG_LEVELS
 
-from server.config import LOG_LEVELS, Settings, settings_problems
+from server.config import LOG_LEVELS, Settings, SettingsError, read_settings
 from server.limits import uvicorn_options
 from server.metrics import MULTIPROC_ENV
 
@@ -62,12 +61,14 @@ def startup_problem(settings: Settings) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, check: bool = True) -> None:
+    """``check=False``: the caller has run ``startup_problem`` on these settings already (``emotion serve``, which
+    says what it finds in its own words)."""
     parser = argparse.ArgumentParser(prog="emotion-server", description="Run the facial-emotion service.")
     try:
-        defaults = Settings()
-    except ValidationError as exc:  # a bad EMOTION_* value: one line naming it, not a traceback
-        parser.exit(2, f"{parser.prog}: error: {settings_problems(exc)}\n")
+        defaults = read_settings()
+    except SettingsError as exc:  # a bad EMOTION_* value: one line naming it, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     parser.add_argument("--host", default=defaults.host, help="bind address (env EMOTION_HOST, default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (env EMOTION_PORT, default %(default)s)")
     parser.add_argument(
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--workers must be at least 1")
     if not 0 <= args.port <= 65535:  # the socket layer would bind the port modulo 65536
         parser.error(f"--port must be from 0 to 65535, got {args.port}")
-    if problem := startup_problem(defaults):
+    if check and (problem := startup_problem(defaults)):
         parser.exit(2, f"{parser.prog}: error: {problem}\n")
     logging.basicConfig(level=UVICORN_LOG_LEVELS[args.log_level], format="%(levelname)s:     %(name)s: %(message)s")
     # The workers read their settings from the environment: they need the count to share out the CPUs.

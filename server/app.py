@@ -349,6 +349,7 @@ async def model_info(request: Request) -> ModelInfo:
         detector=pipeline.detector.name,
         detector_path=Path(pipeline.detector.path).name if pipeline.detector.path else None,
         detector_fallback=file_names_only(pipeline.detector.fallback_reason),
+        max_faces=request.app.state.settings.max_faces,
     )
 
 

@@ -129,10 +129,7 @@ class ProgressBar:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    from pydantic import ValidationError
-
-    from server.config import Settings, settings_problems
-
+    """The environment's settings with the models the command's flags name."""
     overrides: dict[str, object] = {}
     if args.model is not None:
         overrides["model_path"] = args.model
@@ -142,10 +139,18 @@ def load_settings(args: argparse.Namespace) -> Settings:
         overrides["yunet_path"] = args.yunet
         # Naming a YuNet file means using it: a missing or wrong file is an error, not a quiet fall back to Haar.
         overrides.setdefault("detector", "yunet")
+    return env_settings(**overrides)
+
+
+def env_settings(**overrides: object) -> Settings:
+    """The settings of the EMOTION_* environment (``overrides`` on top); a bad value is a CliError: one line naming it,
+    not a traceback."""
+    from server.config import SettingsError, read_settings
+
     try:
-        return Settings(**overrides)
-    except ValidationError as exc:  # a bad EMOTION_* value: one line naming it, not a traceback
-        raise CliError(settings_problems(exc)) from exc
+        return read_settings(**overrides)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def load_tracker(args: argparse.Namespace, settings: Settings):  # -> FaceTracker
@@ -429,9 +434,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.yunet is not None:
         os.environ["EMOTION_YUNET_PATH"] = str(args.yunet)
         os.environ.setdefault("EMOTION_DETECTOR", "yunet")
-    # What would stop the server (the settings it will read) is said the way every command says it (emotion: error:
-    # ..., status 1), naming the flag where one set it.
-    if problem := startup_problem(load_settings(argparse.Namespace(model=None, detector=None, yunet=None))):
+    # What would stop the server (the settings it will read: the environment alone, the flags in it now) is said the
+    # way every command says it (emotion: error: ..., status 1), naming the flag where one set it; the server does
+    # not check again.
+    if problem := startup_problem(env_settings()):
         for flag, name in (("--model", "EMOTION_MODEL_PATH"), ("--yunet", "EMOTION_YUNET_PATH")):
             if getattr(args, flag[2:]) is not None:
                 problem = problem.replace(f"{name}:", f"{flag}:", 1)
@@ -445,7 +451,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             argv += [flag, str(value)]
-    serve(argv)
+    serve(argv, check=False)
     return 0
 
 

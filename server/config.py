@@ -186,6 +186,10 @@ class Settings(BaseSettings):
         return value
 
 
+class SettingsError(ValueError):
+    """Settings refused, said in one line: ``EMOTION_<NAME>: why`` per setting (``settings_problems``)."""
+
+
 def settings_problems(exc: ValidationError) -> str:
     """What a ``Settings`` refused, one ``EMOTION_<NAME>: why`` per setting (never the value: it may be the key)."""
     problems = []
@@ -193,6 +197,15 @@ def settings_problems(exc: ValidationError) -> str:
         name = f"EMOTION_{str(error['loc'][0]).upper()}" if error["loc"] else "settings"
         problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
+
+
+def read_settings(**overrides: object) -> Settings:
+    """The settings of the ``EMOTION_*`` environment, read now; ``overrides`` (a command's flags) win over it. Without
+    overrides: the environment alone, what the server reads. A refused value raises ``SettingsError``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(settings_problems(exc)) from exc
 
 
 @lru_cache

@@ -127,6 +127,10 @@ class ModelInfo(BaseModel):
     detector_fallback: str | None = Field(
         None, description="Why the Haar cascade stands in for YuNet (its file missing or failing its sha256 check)."
     )
+    max_faces: int = Field(
+        description="The most faces kept per image or frame (EMOTION_MAX_FACES): the largest `max_faces` a `/ws` "
+        "config message may ask for (a larger one is refused) and a `/predict` query is held to."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -172,9 +172,10 @@ def test_twenty_concurrent_requests(live_server: LiveServer, astronaut_jpeg: byt
     assert len(boxes) == 1  # same image, same answer, whatever thread served it
 
 
-def test_model_health_ready(client: httpx.Client, model_path: Path) -> None:
+def test_model_health_ready(client: httpx.Client, model_path: Path, live_server: LiveServer) -> None:
     info = client.get("/model").json()
     assert info["detector"] == "haar" and info["detector_path"] is None
+    assert info["max_faces"] == live_server.app.state.settings.max_faces
     assert info["path"] == model_path.name  # the file name only: no absolute path leaves the server
     assert len(info["labels"]) >= 2 and len(info["input_size"]) == 2
     assert "labels" in info["metadata"]
@@ -213,9 +214,16 @@ def test_model_card_is_the_one_beside_the_model(client: httpx.Client, model_path
 def test_index_page_and_docs(client: httpx.Client) -> None:
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
-    paths = client.get("/openapi.json").json()["paths"]
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
     assert {"/predict", "/model", "/healthz", "/readyz", "/metrics"} <= set(paths)
     assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
+    # The page reads the server's limit on faces from GET /model (its "Max faces" input offers up to it).
+    model_info = spec["components"]["schemas"]["ModelInfo"]
+    assert (
+        "max_faces" in model_info["required"]
+        and "EMOTION_MAX_FACES" in model_info["properties"]["max_faces"]["description"]
+    )
 
 
 def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Client) -> None:

@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import httpx
@@ -122,7 +123,7 @@ def test_live_page_labels_the_face(page) -> None:
     page.wait_for_function("Number(document.getElementById('timeline').dataset.points) >= 2", timeout=15_000)
     assert page.inner_text("#stat-fps") != "–"
     assert page.inner_text("#stat-rtt").endswith("ms")
-    assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
+    assert page.inner_text("#camera-toggle") == "Stop camera"
     assert page.inner_text("#summary-text").startswith("Face 1 showed ")
     assert page.is_enabled("#csv-download") and page.is_enabled("#report-download")
 
@@ -142,7 +143,7 @@ def test_live_page_labels_the_face(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
 
     page.click("#camera-toggle")
-    assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+    assert page.inner_text("#camera-toggle") == "Start camera"
     assert page.get_attribute("#current-labels", "data-labels") == ""
 
     csv = download_csv(page)
@@ -172,6 +173,33 @@ def test_live_page_labels_the_face(page) -> None:
     assert report.shape[1] == 1200 and 600 <= report.shape[0] <= 1400, report.shape
     # The report's chart shows the session's expression in its colour, over a good part of the image.
     assert colour_pixels(report, colours[shown[0]]) > 20_000
+
+
+def accessible_node(page, selector: str) -> tuple[str, str, dict[str, object]]:
+    """Role, name and states of an element as Chromium's accessibility tree hands them to a screen reader."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        element = cdp.send("Runtime.evaluate", {"expression": f"document.querySelector({json.dumps(selector)})"})
+        tree = cdp.send("Accessibility.getPartialAXTree", {"objectId": element["result"]["objectId"]})
+    finally:
+        cdp.detach()
+    node = tree["nodes"][0]
+    states = {p["name"]: p["value"].get("value") for p in node.get("properties", [])}
+    return node["role"]["value"], node["name"]["value"], states
+
+
+def test_camera_button_is_named_for_what_a_press_does(page) -> None:
+    """The camera button says what pressing it does, and nothing else: it was also a toggle (aria-pressed), which a
+    screen reader read as "Stop camera, pressed" (WAI-ARIA APG: a toggle button keeps its label)."""
+    role, name, states = accessible_node(page, "#camera-toggle")
+    assert (role, name) == ("button", "Start camera") and "pressed" not in states, states
+    page.click("#camera-toggle")
+    page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+    role, name, states = accessible_node(page, "#camera-toggle")
+    assert (role, name) == ("button", "Stop camera") and "pressed" not in states, states
+    page.click("#camera-toggle")
+    role, name, states = accessible_node(page, "#camera-toggle")
+    assert (role, name) == ("button", "Start camera") and "pressed" not in states, states
 
 
 def test_report_of_a_followed_person_keeps_its_table_header_apart(page) -> None:
@@ -209,8 +237,8 @@ def test_following_a_person_renames_the_summary_hint_and_the_chart(page) -> None
 
 
 def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
-    """Typing 50 in "Max faces" (its max is the server's limit, 32): the input shows 32 and the stream goes on with
-    it, instead of keeping 50 on show while the server refuses it and goes on with its default."""
+    """Typing 50 in "Max faces" (its max is the server's limit, by default 32): the input shows 32 and the stream
+    goes on with it, instead of keeping 50 on show while the server refuses it and goes on with its default."""
     from server.config import Settings
 
     assert page.get_attribute("#max-faces", "max") == str(Settings.model_fields["max_faces"].default)
@@ -226,6 +254,32 @@ def test_max_faces_over_the_limit_is_held_to_it(page) -> None:
     assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
     assert page.get_attribute("#current-labels", "data-labels") != ""
     page.click("#camera-toggle")
+
+
+@pytest.mark.parametrize("limit", [3, 64])
+def test_max_faces_offers_the_servers_limit(browser, model_path, limit: int) -> None:
+    """ "Max faces" offers what this server takes (EMOTION_MAX_FACES, GET /model's max_faces). Its max was 32 whatever
+    the server's limit: a server limited to 3 refused the page's 10 at the start of every stream, and one that takes
+    64 could not be asked for more than 32."""
+    from server.app import create_app
+
+    with (
+        LiveServer(create_app(make_settings(model_path, "haar", max_faces=limit))) as server,
+        open_page(browser, server.url) as page,
+    ):
+        assert page.get_attribute("#max-faces", "max") == str(limit)
+        assert page.input_value("#max-faces") == str(min(10, limit))  # the page's 10, brought down to the limit
+        page.click("#camera-toggle")
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+        assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
+        page.evaluate("""() => { window.results = 0; new MutationObserver(() => window.results++)
+            .observe(document.getElementById('current-labels'), {childList: true}); }""")
+        page.fill("#max-faces", "50")
+        page.press("#max-faces", "Tab")
+        page.wait_for_function("window.results >= 5", timeout=15_000)  # the config's answer came before these
+        assert page.input_value("#max-faces") == str(min(50, limit))
+        assert "error" not in page.get_attribute("#live-status", "class"), page.inner_text("#live-status")
+        page.click("#camera-toggle")
 
 
 def test_live_timeline_shows_no_face_stretches_on_a_phone(
@@ -712,7 +766,7 @@ def test_camera_denied_is_explained(playwright, live_server, tmp_path: Path) -> 
             page.click("#camera-toggle")
             page.wait_for_function("document.getElementById('live-status').classList.contains('error')", timeout=10_000)
             assert "denied" in page.inner_text("#live-status")
-            assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+            assert page.inner_text("#camera-toggle") == "Start camera"
             assert page.is_enabled("#camera-toggle")
     finally:
         context.close()
@@ -733,7 +787,7 @@ def test_page_with_an_api_key(browser, model_path, tmp_path: Path) -> None:
         page.click("#camera-toggle")
         page.wait_for_function("document.getElementById('live-status').textContent.includes('refused')", timeout=10_000)
         assert "API key" in page.inner_text("#live-status")
-        assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+        assert page.inner_text("#camera-toggle") == "Start camera"
         # With the key saved (localStorage), uploads and the live stream work.
         page.fill("#api-key", key)
         page.click("#access-form button[type=submit]")
@@ -775,6 +829,56 @@ def test_page_with_trusted_hosts_and_another_allowed_origin(browser, model_path,
 
 
 FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+@pytest.mark.parametrize("labels", [None, []], ids=["without-labels", "empty-labels"])
+def test_page_takes_the_labels_from_the_results_when_get_model_names_none(browser, live_server, labels) -> None:
+    """A GET /model answer without labels (this server always sends them; another, or a proxy, may not): the page
+    counts by the labels the results carry, names them in its header, keeps them when the stream reconnects, and
+    reads GET /model only when it opens and after each reconnect. The header named no labels at all, and each
+    reconnect dropped the results' labels until the next result."""
+    model_labels = httpx.get(f"{live_server.url}/model").json()["labels"]
+    fetched: list[str] = []
+
+    def without_labels(route) -> None:
+        response = route.fetch()  # the real server's answer, with its labels taken out
+        body = response.json()
+        if labels is None:
+            del body["labels"]
+        else:
+            body["labels"] = labels
+        fetched.append(route.request.url)
+        route.fulfill(response=response, json=body)
+
+    def is_model(url: str) -> bool:
+        return urlsplit(url).path == "/model"
+
+    browser.route(is_model, without_labels)
+    try:
+        with open_page(browser, live_server.url) as page:
+            assert "emotions" not in page.inner_text("#model-info")
+            assert list(legend_colours(page, "#timeline-legend")) == [NO_FACE]
+            page.click("#camera-toggle")
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+            named = f"{len(model_labels)} emotions ({', '.join(model_labels)})"
+            assert named in page.inner_text("#model-info")
+            page.wait_for_timeout(3000)  # results for longer than the page waits between two reads of GET /model
+            assert len(fetched) == 1, fetched
+            # The header is a live region: every text it takes is read out.
+            page.evaluate("""() => { const header = document.getElementById('model-info'); window.headers = [];
+                new MutationObserver(() => window.headers.push(header.textContent))
+                    .observe(header, {childList: true, characterData: true, subtree: true}); }""")
+            page.click("#camera-toggle")
+            page.click("#camera-toggle")  # a new connection: GET /model again, which still names no labels
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+            page.wait_for_timeout(1000)
+            assert len(fetched) == 2, fetched
+            assert all(named in header for header in page.evaluate("window.headers")), page.evaluate("window.headers")
+            assert list(legend_colours(page, "#timeline-legend")) == [*model_labels, NO_FACE]
+            assert "another model" not in page.inner_text("#live-status")
+            page.click("#camera-toggle")
+    finally:
+        browser.unroute(is_model)
 
 
 @pytest.mark.parametrize(

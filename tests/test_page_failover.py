@@ -108,7 +108,7 @@ def test_page_stream_moves_to_the_other_replica(
                 pytest.fail(f"the page's stream did not resume; it said: {page.evaluate('window.failover.statuses')}")
             resumed_at = page.evaluate(f"window.failover.results.find((r) => r > {signalled_at})")
             statuses = [text for t, text in page.evaluate("window.failover.statuses") if t > signalled_at]
-            assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
+            assert page.inner_text("#camera-toggle") == "Stop camera"
             assert page.get_attribute("#current-labels", "data-labels") != ""
             page.click("#camera-toggle")
         finally:

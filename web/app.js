@@ -46,6 +46,7 @@ const elements = {
 };
 
 let labels = []; // the model's, in its output order
+let modelInfo = null; // GET /model's last answer; null before it and when the last read failed
 let modelDescription = '';
 let modelKey = ''; // what tells one model from another in GET /model's answer
 let modelRefreshedAt = -Infinity;
@@ -70,34 +71,49 @@ function setStatus(text, kind = 'info') {
 // comes with other labels.
 async function loadModelInfo() {
   modelRefreshedAt = performance.now();
+  let changed = false;
   try {
     const response = await fetch('model');
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    const info = await response.json();
-    const meta = info.metadata ?? {};
-    labels = Array.isArray(info.labels) ? info.labels : [];
-    const parts = [
-      meta.label_source || meta.dataset,
-      labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
-      meta.version ? `version ${meta.version}` : null,
-      info.detector ? `face detector: ${info.detector}` : null,
-    ].filter(Boolean);
+    modelInfo = await response.json();
+    const meta = modelInfo.metadata ?? {};
+    const modelLabels = Array.isArray(modelInfo.labels) ? modelInfo.labels : [];
+    // An answer without labels (no server of this project's: its models must name theirs) leaves the page the labels
+    // it has; without any yet, it takes them from the first result (followModel).
+    if (modelLabels.length) labels = modelLabels;
+    if (Number.isInteger(modelInfo.max_faces)) setMaxFacesLimit(modelInfo.max_faces);
     const previous = modelKey;
-    modelKey = JSON.stringify([meta.label_source, meta.version, labels]); // not the detector: a fallback is no new model
-    modelDescription = parts.join(' · ');
-    elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
-    if (previous && modelKey !== previous) {
-      setStatus(`The server now runs another model (${modelDescription}); the session goes on with its labels.`);
-    }
+    // Not the detector: a fall back to Haar is no new model.
+    modelKey = JSON.stringify([meta.label_source, meta.version, modelLabels]);
+    changed = previous !== '' && modelKey !== previous;
   } catch (error) {
+    modelInfo = null;
     elements.modelInfo.textContent = `Model information unavailable (${error.message}).`;
   }
   applyLabels(labels);
+  if (changed) {
+    setStatus(`The server now runs another model (${modelDescription}); the session goes on with its labels.`);
+  }
+}
+
+// The header: where the model's labels come from, the labels the page counts by, its version and the face detector.
+function describeModel() {
+  if (!modelInfo) return; // the header says why there is no model information
+  const meta = modelInfo.metadata ?? {};
+  const parts = [
+    meta.label_source || meta.dataset,
+    labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
+    meta.version ? `version ${meta.version}` : null,
+    modelInfo.detector ? `face detector: ${modelInfo.detector}` : null,
+  ].filter(Boolean);
+  modelDescription = parts.join(' · ');
+  elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
 }
 
 // The session keeps labels of an earlier model that this one lacks (Session.setLabels): the charts draw the session's.
 function applyLabels(newLabels) {
   labels = newLabels;
+  describeModel();
   session.setLabels(labels);
   timeline.setCategories(session.shares.categories, session.labels);
   overlay.setLabels(labels);
@@ -106,11 +122,20 @@ function applyLabels(newLabels) {
   renderSummary();
 }
 
-// Within the input's min and max (the server's default limit, Settings.max_faces): the server refuses a larger one.
+// Within the input's min and max (the server's limit, once GET /model has said it): the server refuses a larger one.
 function maxFaces() {
   const { min, max, value } = elements.maxFaces;
   const n = Math.round(Number(value));
-  return Math.min(Number(max), Math.max(Number(min), Number.isFinite(n) ? n : 1));
+  return Math.min(Number(max) || Infinity, Math.max(Number(min), Number.isFinite(n) ? n : 1));
+}
+
+// GET /model's max_faces (EMOTION_MAX_FACES): the input offers up to it, and a value over it is brought down to it.
+function setMaxFacesLimit(limit) {
+  elements.maxFaces.max = String(limit);
+  const n = maxFaces();
+  if (elements.maxFaces.value === String(n)) return;
+  elements.maxFaces.value = String(n);
+  client.configure({ max_faces: n });
 }
 
 const client = new LiveClient(() => camera.captureJpeg(), {
@@ -136,7 +161,8 @@ const client = new LiveClient(() => camera.captureJpeg(), {
   },
 });
 
-// A result whose labels are not the page's: count it under its own labels now, and read the new model's name.
+// A result whose labels are not the page's: count it under its own labels now, and read the new model's name. The
+// page has none when GET /model named none: then the result's are the labels, with nothing new to read.
 function followModel(result) {
   const resultLabels = labelsFromFaces(result.faces);
   if (!resultLabels.length || sameLabels(resultLabels, labels)) return;
@@ -269,7 +295,6 @@ async function startCamera() {
   }
   elements.placeholder.hidden = true;
   elements.toggle.textContent = 'Stop camera';
-  elements.toggle.setAttribute('aria-pressed', 'true');
   elements.toggle.disabled = false;
   client.start({ max_faces: maxFaces() });
   timelineTimer = setInterval(redrawTimeline, TIMELINE_REDRAW_MS);
@@ -285,12 +310,13 @@ function stopCamera(message = 'Camera is off.', kind = 'info') {
   resetStats();
   elements.placeholder.hidden = false;
   elements.toggle.textContent = 'Start camera';
-  elements.toggle.setAttribute('aria-pressed', 'false');
   setStatus(message, kind);
 }
 
 camera.onended = () => stopCamera('The camera stopped (disconnected or permission withdrawn).');
 
+// The camera button is named for what a press does ("Start camera", "Stop camera") and has no aria-pressed: with
+// both, a screen reader says "Stop camera, pressed" (WAI-ARIA APG, button pattern: a toggle keeps its label).
 elements.toggle.addEventListener('click', () => (camera.running ? stopCamera() : startCamera()));
 
 elements.mirror.addEventListener('change', () => {

@@ -85,7 +85,7 @@ def main() -> None:
     print(
         f"clip: {info.width}x{info.height}, {info.fps:g} fps, {duration:.1f} s, codec {info.codec}; "
         f"every={args.every:g} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
-        f"(other jobs share the cores), opencv threads {cv2.getNumThreads()}"
+        f"(other jobs share the cores)"
     )
 
     print("frame sampling only (decode, no pipeline):")
@@ -96,7 +96,7 @@ def main() -> None:
                 return sum(1 for _ in s), s.frames_read
 
         wall, cpu, (n, decoded) = timed(sample)
-        report(strategy, duration, wall, cpu, f"  ({n} samples, {decoded} grab() calls)")
+        report(strategy, duration, wall, cpu, f"  ({n} samples, {decoded} frames decoded)")
 
     yunet = find_yunet(args.yunet)
     detectors = ["yunet", "haar"] if args.detector == "both" else [args.detector]

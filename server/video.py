@@ -2,18 +2,24 @@
 
 No web framework here (the CLI uses this module in-process); the route in ``server/app.py`` glues it to HTTP.
 
-Reaching the sampled frames: every frame of an inter-coded video has to be decoded anyway to decode the next one,
-so the default is sequential ``grab()`` (decode, no colour conversion) with one ``retrieve()`` per sample. Seeking
-(``CAP_PROP_POS_FRAMES``) makes OpenCV jump to the keyframe before ``target - 16`` and decode forward from there,
-so it only pays when the gap between samples is longer than that: the sampler switches to seeking for a gap of
-more than ``SEEK_BACKOFF + keyframe interval / 2 + SEEK_OVERHEAD`` frames, once it has seen the keyframe interval
-while grabbing. Measured on 60 s of 1280x720 (benchmarks/bench_video.py): mp4v (keyframe every 12 frames) at
-every=1 grab 1.4 s vs seek 1.8 s, at every=2 grab 1.7 s vs seek 0.9 s; MJPG (every frame a keyframe) at every=1
-grab 5.7 s vs seek 3.9 s. A long-GOP H.264 file (keyframe every 250 frames) would lose with seeking at every=1.
+Decoding is PyAV's FFmpeg, for what OpenCV's VideoCapture cannot do: tell the decoder the pixel limit
+(``max_pixels``), so that a frame larger than the header says is refused before it is allocated (OpenCV decoded a
+12000x12000 JPEG in an AVI that said 64x48 at full size, +210 MB, then scaled it down), and see packets before
+decoding them. Reaching the sampled frames (``strategy="auto"``):
+
+- intra-only codecs (MJPG): every frame decodes alone, so only the sampled packets are decoded;
+- otherwise every frame is decoded in order (each needs the one before), except that the sampler seeks to the last
+  keyframe before the next sample when that keyframe is more than ``SEEK_OVERHEAD`` frames ahead; the container's
+  index says where the keyframes are (MP4, AVI, Matroska cues), else the widest keyframe spacing seen so far.
+
+Measured on 60 s of 1280x720 30 fps (benchmarks/bench_video.py; decoded frames and CPU seconds, every=1, with
+OpenCV's before): mp4v (keyframe every 12) 588 frames, 0.8 s (OpenCV 1771, 1.9 s); MJPG 60 frames, 0.25 s
+(OpenCV 89, 2.2 s); H.264 with a keyframe every 250 frames 1706 frames, 2.5 s (OpenCV 1771, 2.5 s).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -22,11 +28,13 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import av
 import cv2
 import numpy as np
 
@@ -44,8 +52,8 @@ log = logging.getLogger(__name__)
 
 EVERY_MIN = 0.1  # seconds between analysed frames; below this a clip turns into a per-frame job
 EVERY_MAX = 600.0
-SEEK_BACKOFF = 16  # OpenCV's FFmpeg seek lands on the keyframe before ``target - 16`` and decodes forward
-SEEK_OVERHEAD = 8  # demuxer seek + decoder flush, in frame decodes (measured: 4 for MJPG to 16 for mp4v)
+SEEK_OVERHEAD = 8  # demuxer seek + decoder flush, counted in frame decodes
+MAX_INDEX_ENTRIES = 1_000_000  # a container index longer than this is not read for keyframes (0.5 s)
 MAX_FPS = 1000.0  # a larger reported rate is a container time base, not a frame rate
 Strategy = Literal["auto", "grab", "seek"]
 
@@ -70,10 +78,11 @@ class SampledFrame:
     image: np.ndarray  # BGR
 
 
-def _fourcc(value: float) -> str:
-    code = int(value)
-    text = "".join(chr((code >> 8 * i) & 0xFF) for i in range(4))
-    return text if text.isprintable() and text.strip() else "unknown"
+def decoder_pixel_limit(max_pixels: int) -> int:
+    """FFmpeg's ``max_pixels`` for a limit of ``max_pixels``: it counts a frame's width rounded up to its SIMD
+    alignment (64), so it gets a quarter more and 64 x 4096 pixels of slack; the limit itself is checked on the
+    size the video reports."""
+    return min(max_pixels + max_pixels // 4 + 64 * 4096, 2**31 - 1)
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -93,8 +102,10 @@ def _looks_like_text(head: bytes) -> bool:
 
 class FrameSampler:
     """Frames of a video file at 0, every, 2 * every, ... seconds; constructor opens and validates, ``__iter__``
-    yields ``SampledFrame``s. Raises ``InputError``: 415 for a file that is not a video, 413 over the duration or
-    pixel limit, 422 for a video without decodable frames or one that stops before its header says it ends.
+    yields ``SampledFrame``s, upright (a phone video's rotation applied) and at the header's size. Raises
+    ``InputError``: 415 for a file that is not a video, 413 over the duration or pixel limit (also for a later frame
+    larger than the header says: the decoder refuses it before allocating it), 422 for a video without decodable
+    frames or one that stops before its header says it ends.
     """
 
     def __init__(
@@ -111,6 +122,7 @@ class FrameSampler:
         self.path = Path(path)
         self.every = float(every)
         self.max_seconds = max_seconds
+        self.max_pixels = max_pixels
         self.strategy: Strategy = strategy
         with open(self.path, "rb") as f:
             head = f.read(4096)
@@ -120,35 +132,63 @@ class FrameSampler:
             raise InputError(415, "not a video: the upload is text (playlists and stream descriptions are refused)")
         if cv2.haveImageReader(str(self.path)):
             raise InputError(415, "not a video: the upload is a still image; send images to POST /predict")
-        # CAP_FFMPEG only: other backends would read image sequences or devices from a path.
-        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if not self._cap.isOpened():
+        # Local files only (no URL a container might name), and the pixel limit for the frames FFmpeg decodes
+        # while probing the streams (containers that list their streams up front: AVI, MP4, Matroska).
+        options = {"protocol_whitelist": "file"}
+        if max_pixels is not None:
+            options["max_pixels"] = str(decoder_pixel_limit(max_pixels))
+        try:
+            self._container = av.open(str(self.path), options=options)
+        except (av.FFmpegError, UnicodeDecodeError, ValueError):
             raise InputError(
                 415,
                 "could not open the upload as a video: unsupported container or codec, "
                 "or a corrupt file (an MP4 cut short loses its index and cannot be opened)",
-            )
+            ) from None
+        self._pending: list[av.VideoFrame] = []  # decoded, not yet handed out
+        self._packets: Iterator[av.Packet] | None = None
+        self._index = -1  # frame number of the last frame handed out
+        self._last_t = -1.0
+        self._last_key: int | None = None
+        self._packets_seen = 0
+        self._key_interval: int | None = None  # widest keyframe spacing seen, in packets
+        self.frames_read = 0  # frames decoded
         try:
+            if not self._container.streams.video or self._container.streams.video[0].codec_context is None:
+                raise InputError(415, "could not open the upload as a video: no video stream FFmpeg can decode")
+            self._stream = self._container.streams.video[0]
+            self._start = self._stream.start_time or 0
             self.info = self._read_info(max_pixels)
+            self._stream.codec_context.options = options  # every later frame: refused over the limit, never allocated
+            self._intra_only = self._stream.codec_context.codec.intra_only  # MJPEG: any frame decodes alone
+            self._keyframes = self._read_keyframes() if strategy == "auto" else []
+            self._upright = 0
+            first = self._next_frame(-math.inf)
+            if first is None:
+                raise InputError(422, "no frame of the video could be decoded: the file is corrupt or truncated")
+            self._pending.insert(0, first)
+            self._upright = first.rotation % 360 // 90  # quarter turns counter-clockwise, as the player shows it
+            if self._upright % 2:
+                self.info = replace(self.info, width=self.info.height, height=self.info.width)
         except BaseException:
             self.close()
             raise
         # No video holds more than one frame per frame interval: asked for less (every=0.1 on a 5 fps clip), every
         # frame is analysed, and `every` says so, since the summary's seconds and a chart's time axis are counted in it.
         self.every = max(self.every, round(1 / self.info.fps, 6))
-        self._index = -1  # last grabbed frame
-        self._last_t = -1.0
-        self._last_key: int | None = None
-        self._key_interval: int | None = None  # widest keyframe spacing seen while grabbing
-        self.frames_read = 0
 
     def _read_info(self, max_pixels: int | None) -> VideoInfo:
-        cap = self._cap
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        stream, ctx = self._stream, self._stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        width, height = ctx.width, ctx.height
         if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
             raise InputError(422, f"the video reports no usable frame rate ({fps:g} fps)")
+        if (width <= 0 or height <= 0) and max_pixels is not None:
+            # FFmpeg forgets a size it refused (and some codecs give their size only in the frames).
+            raise InputError(
+                413, f"the video's first frame is over the limit of {max_pixels} pixels, or could not be decoded"
+            )
         if width <= 0 or height <= 0:
             raise InputError(422, f"the video reports a frame size of {width}x{height}")
         if max_pixels is not None and width * height > max_pixels:
@@ -156,54 +196,123 @@ class FrameSampler:
                 413,
                 f"video frames are {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels",
             )
-        frame_count = int(count) if math.isfinite(count) and 0 < count < 2**40 else None
-        info = VideoInfo(
-            fps=fps, frame_count=frame_count, width=width, height=height, codec=_fourcc(cap.get(cv2.CAP_PROP_FOURCC))
-        )
+        # The stream's frame count, else its duration (or the container's) times the rate, as players estimate it.
+        count: float | None = stream.frames or None
+        if count is None and stream.duration and stream.time_base:
+            count = round(float(stream.duration * stream.time_base) * fps)
+        if count is None and self._container.duration:
+            count = round(self._container.duration / av.time_base * fps)
+        frame_count = int(count) if count is not None and 0 < count < 2**40 else None
+        info = VideoInfo(fps=fps, frame_count=frame_count, width=width, height=height, codec=ctx.codec.name)
         if self.max_seconds is not None and info.duration is not None and info.duration > self.max_seconds:
             raise InputError(413, f"video is {info.duration:.1f} s long, over the limit of {self.max_seconds:g} s")
         return info
 
     # -- reading ---------------------------------------------------------------------------------------------
 
-    def _grab(self) -> bool:
-        if not self._cap.grab():
-            return False
-        self._index += 1
-        self.frames_read += 1
-        # Keyframe flags come with each grabbed packet; their spacing prices a seek (see the module docstring).
-        if self._cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME):
-            if self._last_key is not None:
-                self._key_interval = max(self._key_interval or 0, self._index - self._last_key)
-            self._last_key = self._index
-        return True
+    def _time(self, pts: int | None, time_base: Fraction | None) -> float | None:
+        if pts is None or not time_base:
+            return None
+        return float((pts - self._start) * time_base)
 
-    def _frame_time(self) -> float:
-        # Presentation time of the grabbed frame (right for variable frame rates); frame number / fps when the
-        # stream has no timestamps (OpenCV then reports 0).
-        t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        if not math.isfinite(t) or t <= self._last_t:
-            t = max(self._index / self.info.fps, self._last_t + 1e-3)
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        try:
+            frames = packet.decode()
+        except av.ArgumentError:
+            # FFmpeg's answer to a frame over max_pixels (EINVAL, before any buffer is allocated).
+            if self.max_pixels is None:
+                return []
+            t = self._time(packet.pts, packet.time_base)
+            at = f" at {t:.2f} s" if t is not None else ""
+            raise InputError(
+                413,
+                f"a frame{at} is over the limit of {self.max_pixels} pixels, though the video says its frames are "
+                f"{self.info.width}x{self.info.height}",
+            ) from None
+        except av.FFmpegError:
+            return []  # a corrupt packet is skipped, as players do; the next keyframe decodes again
+        self.frames_read += len(frames)
+        return frames  # type: ignore[return-value]
+
+    def _next_frame(self, not_before: float) -> av.VideoFrame | None:
+        """The next decoded frame, in presentation order; with an intra-only codec, packets before ``not_before``
+        seconds are skipped without decoding them (no later frame needs them). None at the end of the stream."""
+        if self._pending:
+            return self._pending.pop(0)
+        if self._packets is None:
+            self._packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return None
+            except av.FFmpegError:
+                return None  # a damaged container ends where it can no longer be read
+            if packet.size:  # the empty packets at the end flush the decoder
+                self._packets_seen += 1
+                if packet.is_keyframe:
+                    if self._last_key is not None:
+                        self._key_interval = max(self._key_interval or 0, self._packets_seen - self._last_key)
+                    self._last_key = self._packets_seen
+                t = self._time(packet.pts, packet.time_base)
+                skip = self._intra_only and self.strategy == "auto" and t is not None and t < not_before
+                if skip and packet.is_keyframe:
+                    continue
+            self._pending.extend(self._decode(packet))
+            if self._pending:
+                return self._pending.pop(0)
+
+    def _frame_time(self, frame: av.VideoFrame) -> float:
+        # Presentation time (right for variable frame rates); frame number / fps when the stream has none.
+        t = self._time(frame.pts, frame.time_base)
+        if t is None or not math.isfinite(t) or t <= self._last_t:
+            t = max((self._index + 1) / self.info.fps, self._last_t + 1e-3)
         return t
 
-    def _use_seek(self, target_index: int) -> bool:
+    def _read_keyframes(self) -> list[float]:
+        """Times of the keyframes the container's index lists (MP4, AVI, Matroska cues); empty without an index."""
+        entries = self._stream.index_entries
+        if not 0 < len(entries) <= MAX_INDEX_ENTRIES:
+            return []
+        tb = self._stream.time_base
+        keys = sorted(t for e in entries if e.is_keyframe and (t := self._time(e.timestamp, tb)) is not None)
+        # Index times are decoding times; with B-frames they run a few frames behind the presentation times that
+        # seeking compares (H.264 in MP4: the first keyframe at -2 frames). The first keyframe is the first frame.
+        return [t - keys[0] for t in keys] if keys and keys[0] < 0 else keys
+
+    def _use_seek(self, target: float, target_index: int) -> bool:
         if self.strategy != "auto":
             return self.strategy == "seek" and self.info.frame_count is not None
-        if self.info.frame_count is None or self._key_interval is None:
+        if self._intra_only or self.info.frame_count is None:
+            return False  # an intra-only stream skips the frames between samples without decoding them
+        if self._keyframes:
+            # A seek lands on the last keyframe at or before the target: it pays when that keyframe is further ahead
+            # than the seek costs.
+            i = bisect.bisect_right(self._keyframes, target) - 1
+            return i >= 0 and (self._keyframes[i] - self._last_t) * self.info.fps > SEEK_OVERHEAD
+        if self._key_interval is None:
             return False
+        # Without an index: that keyframe is at most one keyframe interval (the widest seen) before the target.
         gap = target_index - self._index - 1
-        return gap > SEEK_BACKOFF + self._key_interval / 2 + SEEK_OVERHEAD
+        return gap > self._key_interval + SEEK_OVERHEAD
 
-    def _seek(self, target_index: int) -> bool:
-        if not self._cap.set(cv2.CAP_PROP_POS_FRAMES, target_index):
-            return False
-        self._index = target_index - 1
+    def _seek(self, target: float) -> None:
+        """Jump to the keyframe at or before ``target`` seconds; the decoder is flushed by PyAV."""
+        pts = self._start + int(target / self._stream.time_base)
+        try:
+            self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
+        except av.FFmpegError:
+            return  # keep reading forward from where we are
+        self._pending.clear()
+        self._packets = None
         self._last_t = -1.0
-        if not self._cap.grab():
-            return False
-        self._index += 1
-        self.frames_read += 1
-        return True
+        self._last_key = None  # keyframe spacing is measured between packets read in a row
+
+    def _image(self, frame: av.VideoFrame) -> np.ndarray:
+        """BGR, upright, at the header's size (a frame of another size, within the pixel limit, is scaled to it)."""
+        w, h = (self.info.height, self.info.width) if self._upright % 2 else (self.info.width, self.info.height)
+        image = frame.to_ndarray(format="bgr24", width=w, height=h)
+        return np.ascontiguousarray(np.rot90(image, self._upright)) if self._upright else image
 
     def _check_truncated(self, t: float) -> None:
         count = self.info.frame_count
@@ -221,45 +330,39 @@ class FrameSampler:
         k = 0
         while True:
             target = k * self.every
-            # The frame nearest to the target time; a tie goes to the earlier frame (as in the grab loop below).
+            # The frame nearest to the target time; a tie goes to the earlier frame.
             target_index = math.floor(target * fps + 0.5 - 1e-6)
             if self.info.frame_count is not None and target_index >= self.info.frame_count:
                 return
-            if self._use_seek(target_index):
-                ok = self._seek(target_index)
-                t = self._frame_time() if ok else target
-            else:
-                ok, t = True, self._last_t
-                while t < target - tolerance - 1e-6 or self._index < 0:
-                    ok = self._grab()
-                    if not ok:
-                        break
-                    t = self._frame_time()
-                    self._last_t = t
-                    # Only a frame that exists past the limit makes a video too long (a header without a
-                    # duration was let through at open); a short video with a large `every` just ends.
-                    if self.max_seconds is not None and t > self.max_seconds + tolerance:
-                        raise InputError(413, f"video is longer than the limit of {self.max_seconds:g} s")
-            if not ok:
-                if self.frames_read == 0:
-                    raise InputError(422, "no frame of the video could be decoded: the file is corrupt or truncated")
+            if self._index >= 0 and self._use_seek(target - tolerance, target_index):
+                self._seek(target - tolerance)
+            frame, t = None, self._last_t
+            while t < target - tolerance - 1e-6 or frame is None:
+                frame = self._next_frame(target - tolerance - 1e-6)
+                if frame is None:
+                    break
+                t = self._frame_time(frame)
+                self._index, self._last_t = round(t * fps), t
+                # Only a frame that exists past the limit makes a video too long (a header without a
+                # duration was let through at open); a short video with a large `every` just ends.
+                if self.max_seconds is not None and t > self.max_seconds + tolerance:
+                    raise InputError(413, f"video is longer than the limit of {self.max_seconds:g} s")
+            if frame is None:
                 self._check_truncated(target)
                 return
-            self._last_t = t
-            ok, image = self._cap.retrieve()
-            if not ok or image is None:
-                raise InputError(422, f"the frame at {t:.2f} s could not be decoded: the video is corrupt")
-            yield SampledFrame(index=self._index, t=round(t, 3), image=image)
+            yield SampledFrame(index=self._index, t=round(t, 3), image=self._image(frame))
             # The next target after this frame (several when `every` is shorter than a frame).
             k = max(k + 1, math.floor((t + tolerance) / self.every) + 1)
 
     @property
     def duration(self) -> float:
         """The header's duration, or (for containers that do not say) what was read so far."""
-        return self.info.duration if self.info.duration is not None else (self._index + 1) / self.info.fps
+        return self.info.duration if self.info.duration is not None else max(self._last_t, 0.0) + 1 / self.info.fps
 
     def close(self) -> None:
-        self._cap.release()
+        self._pending = []
+        self._packets = None
+        self._container.close()
 
     def __enter__(self) -> FrameSampler:
         return self

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import LiveServer, make_settings
-from videos import face_then_no_face
+from videos import face_then_no_face, gray_jpeg, mjpeg_avi
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from y4m import astronaut_frame, jpeg
@@ -135,6 +135,24 @@ def test_short_video_with_every_past_a_lowered_duration_limit(client: httpx.Clie
     long = face_then_no_face(tmp_path / "long.avi", 3, 0, fps=10, width=160, height=120)  # still refused
     r = client.post("/predict/video", params={"every": 5}, files={"file": ("long.avi", long.read_bytes())})
     assert r.status_code == 413
+
+
+def test_video_frame_far_larger_than_its_header_is_413(client: httpx.Client, tmp_path: Path) -> None:
+    # A 170 kB AVI whose header and first frame say 64x48 and whose second frame is a 7200x7200 JPEG (52 megapixels,
+    # over the default limit of 40 with the decoder's slack): refused before it is decoded. It used to be decoded at
+    # full size (+80 MB for this one; a frame of 40000x40000 would take gigabytes) and scaled down to 64x48.
+    clip = mjpeg_avi(tmp_path / "liar.avi", [gray_jpeg(64, 48), gray_jpeg(7200, 7200), gray_jpeg(64, 48)], 64, 48)
+    assert clip.stat().st_size < 1_000_000
+    for fmt in ("json", "ndjson"):
+        r = client.post(
+            "/predict/video", params={"every": 0.1, "format": fmt}, files={"file": ("v.avi", clip.read_bytes())}
+        )
+        if fmt == "json":
+            assert r.status_code == 413, r.text
+            assert "over the limit of 40000000 pixels" in r.json()["detail"]
+        else:  # the stream had started: its last line says why it stopped
+            last = json.loads(r.text.strip().splitlines()[-1])
+            assert r.status_code == 200 and last["status_code"] == 413 and "over the limit" in last["detail"], last
 
 
 def send_until_answered(port: int, head: bytes, chunk: bytes, most: int) -> tuple[bytes, int]:

@@ -14,7 +14,16 @@ import httpx
 import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE, LiveServer, iou, make_settings
-from videos import face_then_no_face, frame_number, numbered_frame, truncate, write_video
+from videos import (
+    encode_video,
+    face_then_no_face,
+    frame_number,
+    gray_jpeg,
+    mjpeg_avi,
+    numbered_frame,
+    truncate,
+    write_video,
+)
 
 from server.pipeline import InputError
 from server.schemas import Box, Face, VideoFrame
@@ -93,13 +102,15 @@ def test_sampler_returns_the_frame_nearest_each_time(numbered: dict[str, Path], 
         assert [f.index for f in frames] == expected, strategy
         assert [frame_number(f.image) for f in frames] == expected, f"{strategy}: decoded pixels of other frames"
         assert [f.t for f in frames] == pytest.approx([i / 25 for i in expected], abs=1e-3)
-    # Seeking really skips decoding; "auto" learns the keyframe spacing while grabbing the first gap, then seeks
-    # over gaps longer than that (62 frames here) and grabs through short ones (25 frames: keyframes every 12).
+    # Seeking really skips decoding. "auto" decodes no more than grabbing: an intra-only codec (MJPG) decodes just
+    # the samples; otherwise it learns the keyframe spacing while grabbing, then seeks over gaps longer than a
+    # keyframe interval plus the seek's cost (mp4v: keyframes every 12 frames, so gaps of 25 frames or more).
     assert read["grab"] > read["seek"]
-    if every == 2.5:
+    assert read["auto"] <= read["grab"]
+    if suffix == ".avi":
+        assert read["auto"] == len(expected)
+    if suffix == ".mp4" and every >= 1.0:
         assert read["auto"] < read["grab"]
-    if every == 1.0 and suffix != ".avi":
-        assert read["auto"] == read["grab"]
 
 
 def test_every_shorter_than_a_frame_analyses_every_frame_and_says_so(tmp_path: Path) -> None:
@@ -119,9 +130,12 @@ def test_sampler_limits_and_non_videos(numbered: dict[str, Path], tmp_path: Path
     with pytest.raises(InputError) as err:
         FrameSampler(numbered[".mp4"], max_seconds=5)
     assert err.value.status_code == 413 and "12.0 s long" in err.value.detail
-    with pytest.raises(InputError) as err:
-        FrameSampler(numbered[".mp4"], max_pixels=160 * 120 - 1)
-    assert err.value.status_code == 413 and "160x120" in err.value.detail
+    for suffix in (".avi", ".mp4"):
+        with pytest.raises(InputError) as err:
+            FrameSampler(numbered[suffix], max_pixels=160 * 120 - 1)
+        assert err.value.status_code == 413 and "160x120" in err.value.detail
+        with FrameSampler(numbered[suffix], max_pixels=160 * 120) as sampler:
+            assert len(list(sampler)) == 12
     (tmp_path / "photo.mp4").write_bytes(astronaut_jpeg)
     with pytest.raises(InputError) as err:
         FrameSampler(tmp_path / "photo.mp4")
@@ -494,3 +508,64 @@ def test_the_pages_every_field_has_the_apis_limits() -> None:
 
     FindEvery().feed((ROOT / "web" / "index.html").read_text())
     assert float(found["min"] or "nan") == EVERY_MIN and float(found["max"] or "nan") == EVERY_MAX
+
+
+# --- what a video's header does not say ------------------------------------------------------------------------
+
+
+def test_a_frame_larger_than_the_header_says_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    # Header and first frame 64x48, second frame 2000x2000 (4 megapixels), a limit of 100,000: FFmpeg is told the
+    # limit and refuses the frame before allocating it (OpenCV decoded it at full size, then scaled it down).
+    clip = mjpeg_avi(tmp_path / "liar.avi", [gray_jpeg(64, 48), gray_jpeg(2000, 2000), gray_jpeg(64, 48)], 64, 48)
+    with FrameSampler(clip, every=0.1, max_pixels=100_000) as sampler:
+        assert (sampler.info.width, sampler.info.height) == (64, 48)
+        frames = iter(sampler)
+        assert next(frames).image.shape == (48, 64, 3)
+        with pytest.raises(InputError) as err:
+            next(frames)
+    assert err.value.status_code == 413
+    assert "at 0.10 s is over the limit of 100000 pixels" in err.value.detail and "64x48" in err.value.detail
+    # The same clip as its first frame: refused while FFmpeg probes the stream.
+    first = mjpeg_avi(tmp_path / "first.avi", [gray_jpeg(2000, 2000), gray_jpeg(64, 48)], 64, 48)
+    with pytest.raises(InputError) as err:
+        FrameSampler(first, max_pixels=100_000)
+    assert err.value.status_code == 413 and "over the limit of 100000 pixels" in err.value.detail
+
+
+def test_a_frame_of_another_size_within_the_limit_comes_at_the_header_size(tmp_path: Path) -> None:
+    clip = mjpeg_avi(tmp_path / "sizes.avi", [gray_jpeg(64, 48, 50), gray_jpeg(128, 96, 200)], 64, 48)
+    with FrameSampler(clip, every=0.1) as sampler:
+        frames = list(sampler)
+    assert [f.image.shape for f in frames] == [(48, 64, 3), (48, 64, 3)]  # face boxes stay in the header's pixels
+    assert frames[1].image.mean() == pytest.approx(200, abs=3)
+
+
+def test_a_phone_video_comes_upright(tmp_path: Path) -> None:
+    # Recorded 160x120 with a display rotation of 90 degrees counter-clockwise, as a phone held upright writes it:
+    # the frames come 120 wide and 160 tall, the white corner of the stored frame (top left) at the bottom left.
+    stored = np.zeros((120, 160, 3), np.uint8)
+    stored[:20, :40] = 255
+    clip = encode_video(tmp_path / "phone.mp4", [stored] * 10, "mpeg4", rotation=90)
+    with FrameSampler(clip, every=0.2) as sampler:
+        assert (sampler.info.width, sampler.info.height) == (120, 160)
+        image = next(iter(sampler)).image
+    assert image.shape == (160, 120, 3)
+    white = np.argwhere(image[..., 0] > 128)
+    assert white.min(0) == pytest.approx([120, 0], abs=2) and white.max(0) == pytest.approx([159, 19], abs=2)
+
+
+def test_long_keyframe_intervals_are_grabbed_through_not_sought(tmp_path: Path) -> None:
+    # H.264 with a keyframe every 100 frames: a sample every 2 s (50 frames) is nearer by decoding on than by
+    # seeking back to the last keyframe, so "auto" decodes no more than grabbing; every 8 s it seeks.
+    clip = encode_video(
+        tmp_path / "gop100.mp4", (numbered_frame(i) for i in range(300)), "libx264", g="100", preset="ultrafast"
+    )
+    for every, expected_auto in ((2.0, "grab"), (8.0, "less")):
+        read = {}
+        for strategy in ("grab", "auto"):
+            with FrameSampler(clip, every, strategy=strategy) as sampler:
+                frames = list(sampler)
+                read[strategy] = sampler.frames_read
+            assert [frame_number(f.image) for f in frames] == [f.index for f in frames]
+            assert [f.index for f in frames] == list(range(0, 300, int(every * 25)))
+        assert read["auto"] == read["grab"] if expected_auto == "grab" else read["auto"] < read["grab"], (every, read)

@@ -121,3 +121,52 @@ def camera_noise(frame: np.ndarray, rng: np.random.Generator, sigma: float = 6.0
     ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 75])
     assert ok
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+# --- clips OpenCV cannot write: muxed packet by packet, or encoded, with PyAV ------------------------------------
+
+
+def mjpeg_avi(path: Path, jpegs: list[bytes], width: int, height: int, fps: int = 10) -> Path:
+    """An MJPG AVI of the given JPEG files, one per frame, whose header says ``width`` x ``height`` whatever the
+    JPEGs hold (a video that lies about its frame size)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        stream.time_base = Fraction(1, fps)
+        for i, data in enumerate(jpegs):
+            packet = av.Packet(data)
+            packet.stream, packet.pts, packet.dts = stream, i, i
+            container.mux(packet)
+    return path
+
+
+def gray_jpeg(width: int, height: int, value: int = 128) -> bytes:
+    """A flat grey JPEG: a few kB even at tens of megapixels."""
+    return cv2.imencode(".jpg", np.full((height, width), value, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 10])[1].tobytes()
+
+
+def encode_video(
+    path: Path, frames: Iterable[np.ndarray], codec: str, fps: int = 25, rotation: int = 0, **options: str
+) -> Path:
+    """BGR frames -> a video encoded by PyAV's FFmpeg (``codec`` e.g. libx264), with codec ``options`` (``g``: the
+    keyframe interval) and a display rotation in degrees counter-clockwise, as phones record."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps, options=options)
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                if rotation:
+                    stream.set_display_rotation(rotation)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        if stream is None:
+            raise ValueError("no frames")
+        container.mux(stream.encode())
+    return path

@@ -270,7 +270,8 @@ class LiveSession:
         self.settings: Settings = self.app.state.settings
         self.hub = hub
         self.slot = LatestFrameSlot()
-        self.max_faces = self.settings.ws_default_max_faces
+        # The default within the server's limit: the ack says what is applied.
+        self.max_faces = min(self.settings.ws_default_max_faces, self.settings.max_faces)
         self.frames = 0
         self.leaving = False
         # Track ids and smoothing live as long as the connection.

@@ -232,3 +232,17 @@ def test_connection_cap_answers_politely(server: LiveServer, frame_jpeg: bytes) 
     with connect(ws_url(server)) as ws:
         ws.send(frame_jpeg)
         assert receive(ws)["type"] == "result"
+
+
+def test_a_default_over_the_limit_is_acknowledged_as_the_limit(model_path, yunet_path) -> None:
+    # EMOTION_WS_DEFAULT_MAX_FACES 10 with EMOTION_MAX_FACES 1: one face is kept, and the ack says 1, not 10.
+    from server.app import create_app
+
+    photo = astronaut_frame(480, 480)
+    pair = np.concatenate([photo, photo], axis=1)
+    settings = make_settings(model_path, "yunet", yunet_path, max_faces=1, ws_default_max_faces=10)
+    with LiveServer(create_app(settings)) as server, connect(ws_url(server)) as ws:
+        ws.send(json.dumps({"smoothing": 0}))
+        assert receive(ws)["config"]["max_faces"] == 1
+        ws.send(jpeg(pair))
+        assert len(receive(ws)["faces"]) == 1

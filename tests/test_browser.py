@@ -881,6 +881,49 @@ def test_page_takes_the_labels_from_the_results_when_get_model_names_none(browse
         browser.unroute(is_model)
 
 
+def test_page_keeps_the_results_labels_when_get_model_names_others(browser, live_server) -> None:
+    """Behind a load balancer GET /model may come from another server than the stream's, with another model. The page
+    counts by the labels its results carry and reads GET /model once for them. It used to take GET /model's labels
+    over the results' on that read, so its legend went back to them, and on a stream slower than one result per 2 s
+    it read GET /model and flipped its legend with every result."""
+    model_labels = httpx.get(f"{live_server.url}/model").json()["labels"]
+    other = FER2013_LABELS if sorted(model_labels) != sorted(FER2013_LABELS) else FERPLUS_LABELS
+    fetched: list[str] = []
+
+    def other_model(route) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["labels"] = other
+        fetched.append(route.request.url)
+        route.fulfill(response=response, json=body)
+
+    def is_model(url: str) -> bool:
+        return urlsplit(url).path == "/model"
+
+    browser.route(is_model, other_model)
+    try:
+        with open_page(browser, live_server.url) as page:
+            page.evaluate("""() => { const legend = document.getElementById('timeline-legend'); window.legends = [];
+                new MutationObserver(() => window.legends.push(legend.textContent))
+                    .observe(legend, {childList: true, characterData: true, subtree: true}); }""")
+            page.wait_for_timeout(2500)  # past the page's wait between two reads of GET /model
+            page.click("#camera-toggle")
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+            page.wait_for_timeout(3000)
+            assert len(fetched) == 2, fetched  # on opening, and once for the results' labels
+            legend = list(legend_colours(page, "#timeline-legend"))
+            assert legend[: len(model_labels)] == model_labels, legend  # the results' labels lead
+            states = [
+                text
+                for i, text in enumerate(page.evaluate("window.legends"))
+                if i == 0 or text != page.evaluate("window.legends")[i - 1]
+            ]
+            assert len(states) == 1, states  # the legend changed to the results' labels once, never back
+            page.click("#camera-toggle")
+    finally:
+        browser.unroute(is_model)
+
+
 @pytest.mark.parametrize(
     ("before", "after", "legend"),
     [

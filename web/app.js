@@ -50,6 +50,7 @@ let modelInfo = null; // GET /model's last answer; null before it and when the l
 let modelDescription = '';
 let modelKey = ''; // what tells one model from another in GET /model's answer
 let modelRefreshedAt = -Infinity;
+let followedLabels = []; // the result labels GET /model was last read for
 const session = new Session();
 const timeline = new ShareChart($('timeline'), $('timeline-legend'));
 const overlay = new FaceOverlay(elements.overlay, elements.video);
@@ -69,7 +70,9 @@ function setStatus(text, kind = 'info') {
 // GET /model: labels in output order (7 or 8 classes) plus what to show in the header. Read when the page opens, and
 // again when the server may have restarted with another model: after the live stream reconnects, and when a result
 // comes with other labels.
-async function loadModelInfo() {
+// `resultLabels`: the labels the live results carry, which the page keeps when GET /model names others (behind a
+// load balancer the answer may come from another server than the stream's).
+async function loadModelInfo(resultLabels = null) {
   modelRefreshedAt = performance.now();
   let changed = false;
   try {
@@ -80,7 +83,7 @@ async function loadModelInfo() {
     const modelLabels = Array.isArray(modelInfo.labels) ? modelInfo.labels : [];
     // An answer without labels (no server of this project's: its models must name theirs) leaves the page the labels
     // it has; without any yet, it takes them from the first result (followModel).
-    if (modelLabels.length) labels = modelLabels;
+    if (modelLabels.length && (!resultLabels || sameLabels(modelLabels, resultLabels))) labels = modelLabels;
     if (Number.isInteger(modelInfo.max_faces)) setMaxFacesLimit(modelInfo.max_faces);
     const previous = modelKey;
     // Not the detector: a fall back to Haar is no new model.
@@ -168,7 +171,12 @@ function followModel(result) {
   if (!resultLabels.length || sameLabels(resultLabels, labels)) return;
   const first = !labels.length;
   applyLabels(resultLabels);
-  if (!first && performance.now() - modelRefreshedAt > MODEL_REFRESH_MS) loadModelInfo();
+  // GET /model once per new set of result labels (not on every result, should it name other labels).
+  if (first || sameLabels(resultLabels, followedLabels)) return;
+  if (performance.now() - modelRefreshedAt > MODEL_REFRESH_MS) {
+    followedLabels = resultLabels;
+    loadModelInfo(resultLabels);
+  }
 }
 
 function updateStats(now, result, rtt) {

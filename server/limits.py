@@ -20,6 +20,7 @@ with httptools, its faster parser (only h11 has a limit, 16 KiB). Two small piec
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -123,6 +124,16 @@ class HeaderDeadline:
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse (an unknown method, a malformed header, a body framed both
+        by Content-Length and chunked), in JSON like every other error; uvicorn's own was plain text."""
+        body = json.dumps({"detail": f"malformed HTTP request: {msg}"}).encode()
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
 
     def _arm_header_deadline(self) -> None:
         self._cancel_header_deadline()

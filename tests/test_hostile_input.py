@@ -155,6 +155,28 @@ def test_video_frame_far_larger_than_its_header_is_413(client: httpx.Client, tmp
             assert r.status_code == 200 and last["status_code"] == 413 and "over the limit" in last["detail"], last
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"BREW /predict HTTP/1.1\r\nHost: x\r\n\r\n",  # an unknown method
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+    ],
+    ids=["unknown-method", "length-and-chunked", "space-in-header-name"],
+)
+def test_request_the_parser_refuses_gets_a_json_400(server: LiveServer, request_bytes: bytes) -> None:
+    # uvicorn answers these before the app sees them; its answer was plain text, every other error here is JSON.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["detail"].startswith("malformed HTTP request"), body
+
+
 def send_until_answered(port: int, head: bytes, chunk: bytes, most: int) -> tuple[bytes, int]:
     """Send ``head`` then ``chunk`` repeatedly (at most ``most`` bytes) until the server answers; (answer, sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)

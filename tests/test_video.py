@@ -569,3 +569,14 @@ def test_long_keyframe_intervals_are_grabbed_through_not_sought(tmp_path: Path) 
             assert [frame_number(f.image) for f in frames] == [f.index for f in frames]
             assert [f.index for f in frames] == list(range(0, 300, int(every * 25)))
         assert read["auto"] == read["grab"] if expected_auto == "grab" else read["auto"] < read["grab"], (every, read)
+
+
+@pytest.mark.parametrize(("codec", "options"), [("libx264", {"preset": "ultrafast"}), ("mpeg2video", {})])
+def test_mpeg_ts_is_read_through_not_sought(tmp_path: Path, codec: str, options: dict[str, str]) -> None:
+    # FFmpeg seeks MPEG-TS by searching its timestamps and often lands on the keyframe after the target: with a
+    # keyframe every second, the sample for 7.5 s was the frame at 8 s.
+    clip = encode_video(tmp_path / "gop25.ts", (numbered_frame(i) for i in range(200)), codec, g="25", **options)
+    with FrameSampler(clip, 2.5) as sampler:
+        frames = list(sampler)
+    assert [f.index for f in frames] == [0, 62, 125, 187]
+    assert [frame_number(f.image) for f in frames] == [0, 62, 125, 187]

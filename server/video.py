@@ -166,11 +166,17 @@ class FrameSampler:
             # FFmpeg seeks these by searching their timestamps, and lands on the keyframe after the target as often
             # as on the one before it (MPEG-TS: the sample for 7.5 s was the frame at 8 s): they are read through.
             self._seekable = not self._container.format.flags & AVFMT_TS_DISCONT
-            self._keyframes = self._read_keyframes() if strategy == "auto" else []
+            # AVI stores no presentation times, and FFmpeg's guesses are wrong with B-frames (H.264 came out of
+            # order, MPEG-4 one frame late): there a frame's time is the decoding time of the packet that brought it
+            # out, counted from the first frame's (which the decoder's delay puts a few frames in).
+            self._by_dts = self._container.format.name == "avi"
             self._upright = 0
             first = self._next_frame(-math.inf)
             if first is None:
                 raise InputError(422, "no frame of the video could be decoded: the file is corrupt or truncated")
+            if self._by_dts and first.dts is not None:
+                self._start = first.dts
+            self._keyframes = self._read_keyframes() if strategy == "auto" else []
             self._pending.insert(0, first)
             self._upright = first.rotation % 360 // 90  # quarter turns counter-clockwise, as the player shows it
             if self._upright % 2:
@@ -269,7 +275,7 @@ class FrameSampler:
 
     def _frame_time(self, frame: av.VideoFrame) -> float:
         # Presentation time (right for variable frame rates); frame number / fps when the stream has none.
-        t = self._time(frame.pts, frame.time_base)
+        t = self._time(frame.dts if self._by_dts else frame.pts, frame.time_base)
         if t is None or not math.isfinite(t) or t <= self._last_t:
             t = max((self._index + 1) / self.info.fps, self._last_t + 1e-3)
         return t

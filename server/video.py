@@ -190,8 +190,9 @@ class FrameSampler:
 
     def _read_info(self, max_pixels: int | None) -> VideoInfo:
         stream, ctx = self._stream, self._stream.codec_context
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
+        # The average rate, else FFmpeg's guess (raw DV reports an average of 60000 fps, its time base).
+        rates = [float(r) for r in (stream.average_rate, stream.guessed_rate) if r]
+        fps = next((r for r in rates if 0 < r <= MAX_FPS), rates[0] if rates else 0.0)
         width, height = ctx.width, ctx.height
         if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
             raise InputError(422, f"the video reports no usable frame rate ({fps:g} fps)")

@@ -602,3 +602,12 @@ def test_b_frames_in_avi_come_at_their_own_times(
         expected = list(range(0, 100, round(every * 25)))
         assert [f.index for f in frames] == expected, strategy
         assert [frame_number(f.image) for f in frames] == expected, strategy
+
+
+def test_raw_dv_has_its_frame_rate(tmp_path: Path) -> None:
+    # A camcorder's .dv file reports an average rate of 60000 fps (its time base): it was refused with a 422.
+    frames = (numbered_frame(i, 720, 576) for i in range(2))
+    clip = encode_video(tmp_path / "tape.dv", frames, "dvvideo")
+    with FrameSampler(clip) as sampler:
+        assert (sampler.info.fps, sampler.info.frame_count) == (25.0, 2)
+        assert [(f.t, frame_number(f.image)) for f in sampler] == [(0.0, 0)]

@@ -156,9 +156,13 @@ class FrameSampler:
         self._key_interval: int | None = None  # widest keyframe spacing seen, in packets
         self.frames_read = 0  # frames decoded
         try:
-            if not self._container.streams.video or self._container.streams.video[0].codec_context is None:
+            # An audio file's cover picture (MP3, M4A, FLAC) is a "video" stream of one frame: not a video.
+            streams = [
+                s for s in self._container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+            ]
+            if not streams or streams[0].codec_context is None:
                 raise InputError(415, "could not open the upload as a video: no video stream FFmpeg can decode")
-            self._stream = self._container.streams.video[0]
+            self._stream = streams[0]
             self._start = self._stream.start_time or 0
             self.info = self._read_info(max_pixels)
             self._stream.codec_context.options = options  # every later frame: refused over the limit, never allocated

@@ -611,3 +611,27 @@ def test_raw_dv_has_its_frame_rate(tmp_path: Path) -> None:
     with FrameSampler(clip) as sampler:
         assert (sampler.info.fps, sampler.info.frame_count) == (25.0, 2)
         assert [(f.t, frame_number(f.image)) for f in sampler] == [(0.0, 0)]
+
+
+def test_audio_with_a_cover_picture_is_not_a_video(tmp_path: Path) -> None:
+    # An MP3's cover art is a one-frame "video" stream: it was refused as a video with no usable frame rate (422).
+    import av
+
+    path = tmp_path / "song.mp3"
+    cover = cv2.imencode(".jpg", np.full((32, 32, 3), 90, np.uint8))[1].tobytes()
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("libmp3lame", rate=44100, layout="mono")
+        picture = container.add_stream("mjpeg", rate=1)
+        picture.width, picture.height, picture.pix_fmt = 32, 32, "yuvj420p"
+        picture.disposition = av.stream.Disposition.attached_pic
+        packet = av.Packet(cover)
+        packet.stream, packet.pts, packet.dts = picture, 0, 0
+        container.mux(packet)
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1152
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    with pytest.raises(InputError) as err:
+        FrameSampler(path)
+    assert err.value.status_code == 415 and "no video stream" in err.value.detail

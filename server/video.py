@@ -297,9 +297,11 @@ class FrameSampler:
         return [t - keys[0] for t in keys] if keys and keys[0] < 0 else keys
 
     def _use_seek(self, target: float, target_index: int) -> bool:
+        if not self._seekable:
+            return False  # also for strategy="seek": its frames would be other frames, or none at the end
         if self.strategy != "auto":
             return self.strategy == "seek" and self.info.frame_count is not None
-        if self._intra_only or self.info.frame_count is None or not self._seekable:
+        if self._intra_only or self.info.frame_count is None:
             return False  # an intra-only stream skips the frames between samples without decoding them
         if self._keyframes:
             # A seek lands on the last keyframe at or before the target: it pays when that keyframe is further ahead

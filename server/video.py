@@ -10,7 +10,8 @@ decoding them. Reaching the sampled frames (``strategy="auto"``):
 - intra-only codecs (MJPG): every frame decodes alone, so only the sampled packets are decoded;
 - otherwise every frame is decoded in order (each needs the one before), except that the sampler seeks to the last
   keyframe before the next sample when that keyframe is more than ``SEEK_OVERHEAD`` frames ahead; the container's
-  index says where the keyframes are (MP4, AVI, Matroska cues), else the widest keyframe spacing seen so far.
+  index says where the keyframes are (MP4, AVI, Matroska cues), else the widest keyframe spacing seen so far; MPEG-TS,
+  MPEG-PS and Ogg, whose seeks land after the target as often as before it, are decoded through.
 
 Measured on 60 s of 1280x720 30 fps (benchmarks/bench_video.py; decoded frames and CPU seconds, every=1, with
 OpenCV's before): mp4v (keyframe every 12) 588 frames, 0.8 s (OpenCV 1771, 1.9 s); MJPG 60 frames, 0.25 s
@@ -55,6 +56,7 @@ EVERY_MAX = 600.0
 SEEK_OVERHEAD = 8  # demuxer seek + decoder flush, counted in frame decodes
 MAX_INDEX_ENTRIES = 1_000_000  # a container index longer than this is not read for keyframes (0.5 s)
 MAX_FPS = 1000.0  # a larger reported rate is a container time base, not a frame rate
+AVFMT_TS_DISCONT = 0x200  # FFmpeg's flag for containers whose timestamps may jump (MPEG-TS, MPEG-PS, Ogg)
 Strategy = Literal["auto", "grab", "seek"]
 
 
@@ -154,18 +156,31 @@ class FrameSampler:
         self._key_interval: int | None = None  # widest keyframe spacing seen, in packets
         self.frames_read = 0  # frames decoded
         try:
-            if not self._container.streams.video or self._container.streams.video[0].codec_context is None:
+            # An audio file's cover picture (MP3, M4A, FLAC) is a "video" stream of one frame: not a video.
+            streams = [
+                s for s in self._container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+            ]
+            if not streams or streams[0].codec_context is None:
                 raise InputError(415, "could not open the upload as a video: no video stream FFmpeg can decode")
-            self._stream = self._container.streams.video[0]
+            self._stream = streams[0]
             self._start = self._stream.start_time or 0
             self.info = self._read_info(max_pixels)
             self._stream.codec_context.options = options  # every later frame: refused over the limit, never allocated
             self._intra_only = self._stream.codec_context.codec.intra_only  # MJPEG: any frame decodes alone
-            self._keyframes = self._read_keyframes() if strategy == "auto" else []
+            # FFmpeg seeks these by searching their timestamps, and lands on the keyframe after the target as often
+            # as on the one before it (MPEG-TS: the sample for 7.5 s was the frame at 8 s): they are read through.
+            self._seekable = not self._container.format.flags & AVFMT_TS_DISCONT
+            # AVI stores no presentation times, and FFmpeg's guesses are wrong with B-frames (H.264 came out of
+            # order, MPEG-4 one frame late): there a frame's time is the decoding time of the packet that brought it
+            # out, counted from the first frame's (which the decoder's delay puts a few frames in).
+            self._by_dts = self._container.format.name == "avi"
             self._upright = 0
             first = self._next_frame(-math.inf)
             if first is None:
                 raise InputError(422, "no frame of the video could be decoded: the file is corrupt or truncated")
+            if self._by_dts and first.dts is not None:
+                self._start = first.dts
+            self._keyframes = self._read_keyframes() if strategy == "auto" else []
             self._pending.insert(0, first)
             self._upright = first.rotation % 360 // 90  # quarter turns counter-clockwise, as the player shows it
             if self._upright % 2:
@@ -179,8 +194,9 @@ class FrameSampler:
 
     def _read_info(self, max_pixels: int | None) -> VideoInfo:
         stream, ctx = self._stream, self._stream.codec_context
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
+        # The average rate, else FFmpeg's guess (raw DV reports an average of 60000 fps, its time base).
+        rates = [float(r) for r in (stream.average_rate, stream.guessed_rate) if r]
+        fps = next((r for r in rates if 0 < r <= MAX_FPS), rates[0] if rates else 0.0)
         width, height = ctx.width, ctx.height
         if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
             raise InputError(422, f"the video reports no usable frame rate ({fps:g} fps)")
@@ -264,7 +280,7 @@ class FrameSampler:
 
     def _frame_time(self, frame: av.VideoFrame) -> float:
         # Presentation time (right for variable frame rates); frame number / fps when the stream has none.
-        t = self._time(frame.pts, frame.time_base)
+        t = self._time(frame.dts if self._by_dts else frame.pts, frame.time_base)
         if t is None or not math.isfinite(t) or t <= self._last_t:
             t = max((self._index + 1) / self.info.fps, self._last_t + 1e-3)
         return t
@@ -281,6 +297,8 @@ class FrameSampler:
         return [t - keys[0] for t in keys] if keys and keys[0] < 0 else keys
 
     def _use_seek(self, target: float, target_index: int) -> bool:
+        if not self._seekable:
+            return False  # also for strategy="seek": its frames would be other frames, or none at the end
         if self.strategy != "auto":
             return self.strategy == "seek" and self.info.frame_count is not None
         if self._intra_only or self.info.frame_count is None:

@@ -569,3 +569,70 @@ def test_long_keyframe_intervals_are_grabbed_through_not_sought(tmp_path: Path) 
             assert [frame_number(f.image) for f in frames] == [f.index for f in frames]
             assert [f.index for f in frames] == list(range(0, 300, int(every * 25)))
         assert read["auto"] == read["grab"] if expected_auto == "grab" else read["auto"] < read["grab"], (every, read)
+
+
+@pytest.mark.parametrize(("codec", "options"), [("libx264", {"preset": "ultrafast"}), ("mpeg2video", {})])
+def test_mpeg_ts_is_read_through_not_sought(tmp_path: Path, codec: str, options: dict[str, str]) -> None:
+    # FFmpeg seeks MPEG-TS by searching its timestamps and often lands on the keyframe after the target: with a
+    # keyframe every second, the sample for 7.5 s was the frame at 8 s.
+    clip = encode_video(tmp_path / "gop25.ts", (numbered_frame(i) for i in range(200)), codec, g="25", **options)
+    for strategy in ("auto", "seek"):  # "seek" (benchmarks/bench_video.py --video x.ts) ended in a false 422
+        with FrameSampler(clip, 2.5, strategy=strategy) as sampler:
+            frames = list(sampler)
+        assert [f.index for f in frames] == [0, 62, 125, 187], strategy
+        assert [frame_number(f.image) for f in frames] == [0, 62, 125, 187], strategy
+
+
+@pytest.mark.parametrize(
+    ("codec", "options", "runs"),
+    [
+        ("libx264", {"preset": "veryfast", "bf": "3"}, [(0.2, "grab"), (1.0, "auto")]),  # auto seeks by the index
+        # Seeking lands a frame late here: the keyframe is stored before two B-frames shown before it (open GOP).
+        ("mpeg4", {"bf": "2"}, [(0.2, "grab")]),
+    ],
+)
+def test_b_frames_in_avi_come_at_their_own_times(
+    tmp_path: Path, codec: str, options: dict[str, str], runs: list[tuple[float, str]]
+) -> None:
+    # AVI stores no presentation times and FFmpeg's guesses are wrong with B-frames: H.264 came out of order and three
+    # frames late (the sample for 1 s showed frame 22), MPEG-4 as Xvid writes it one frame late.
+    clip = encode_video(tmp_path / "bframes.avi", (numbered_frame(i) for i in range(100)), codec, g="25", **options)
+    for every, strategy in runs:
+        with FrameSampler(clip, every, strategy=strategy) as sampler:
+            frames = list(sampler)
+        expected = list(range(0, 100, round(every * 25)))
+        assert [f.index for f in frames] == expected, strategy
+        assert [frame_number(f.image) for f in frames] == expected, strategy
+
+
+def test_raw_dv_has_its_frame_rate(tmp_path: Path) -> None:
+    # A camcorder's .dv file reports an average rate of 60000 fps (its time base): it was refused with a 422.
+    frames = (numbered_frame(i, 720, 576) for i in range(2))
+    clip = encode_video(tmp_path / "tape.dv", frames, "dvvideo")
+    with FrameSampler(clip) as sampler:
+        assert (sampler.info.fps, sampler.info.frame_count) == (25.0, 2)
+        assert [(f.t, frame_number(f.image)) for f in sampler] == [(0.0, 0)]
+
+
+def test_audio_with_a_cover_picture_is_not_a_video(tmp_path: Path) -> None:
+    # An MP3's cover art is a one-frame "video" stream: it was refused as a video with no usable frame rate (422).
+    import av
+
+    path = tmp_path / "song.mp3"
+    cover = cv2.imencode(".jpg", np.full((32, 32, 3), 90, np.uint8))[1].tobytes()
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("libmp3lame", rate=44100, layout="mono")
+        picture = container.add_stream("mjpeg", rate=1)
+        picture.width, picture.height, picture.pix_fmt = 32, 32, "yuvj420p"
+        picture.disposition = av.stream.Disposition.attached_pic
+        packet = av.Packet(cover)
+        packet.stream, packet.pts, packet.dts = picture, 0, 0
+        container.mux(packet)
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1152
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    with pytest.raises(InputError) as err:
+        FrameSampler(path)
+    assert err.value.status_code == 415 and "no video stream" in err.value.detail

@@ -120,8 +120,12 @@ async def _read_field(
         if state["current"] == field and not state["found"]:
             state["found"] = True
             part_type = parse_options_header(state["headers"].get("content-type", b""))[0].decode("latin-1").lower()
-            # An unlabelled file (octet-stream) is let through: the bytes decide then.
-            if part_type and not part_type.startswith(f"{kind}/") and part_type != OCTET_STREAM:
+            # An unlabelled file (octet-stream) is let through: the bytes decide then. So is a video under any label
+            # but an image's: clients label a file by its name's extension, and their tables call .ts a Qt
+            # translation (text/vnd.trolltech.linguist), .3gp audio, .mxf or .asf application/*.
+            if kind == "video" and part_type.startswith("image/"):
+                raise InputError(415, f"field {field!r} has content type {part_type!r}: send images to POST /predict")
+            if kind != "video" and part_type and not part_type.startswith(f"{kind}/") and part_type != OCTET_STREAM:
                 raise InputError(415, f"field {field!r} has content type {part_type!r}, expected {kind}/*")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:

@@ -299,6 +299,8 @@ class FrameSampler:
     def _use_seek(self, target: float, target_index: int) -> bool:
         if not self._seekable:
             return False  # also for strategy="seek": its frames would be other frames, or none at the end
+        if self.info.frame_count is not None and target_index >= self.info.frame_count:
+            return False  # past an estimated end: read on to the real one
         if self.strategy != "auto":
             return self.strategy == "seek" and self.info.frame_count is not None
         if self._intra_only or self.info.frame_count is None:
@@ -350,7 +352,9 @@ class FrameSampler:
             target = k * self.every
             # The frame nearest to the target time; a tie goes to the earlier frame.
             target_index = math.floor(target * fps + 0.5 - 1e-6)
-            if self.info.frame_count is not None and target_index >= self.info.frame_count:
+            # A count the container states (MP4, AVI) ends the video; an estimate from its duration (MPEG-PS: 38 for
+            # 50 frames) does not: the frames are read to their real end.
+            if self._stream.frames and target_index >= self._stream.frames:
                 return
             if self._index >= 0 and self._use_seek(target - tolerance, target_index):
                 self._seek(target - tolerance)

@@ -636,3 +636,33 @@ def test_audio_with_a_cover_picture_is_not_a_video(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         FrameSampler(path)
     assert err.value.status_code == 415 and "no video stream" in err.value.detail
+
+
+def test_a_frame_count_estimated_from_the_duration_does_not_end_the_video(tmp_path: Path) -> None:
+    # MPEG-PS states no frame count; the one estimated from its duration said 38 for these 50 frames, and the last
+    # 0.5 s were never analysed.
+    clip = encode_video(tmp_path / "program.mpg", (numbered_frame(i) for i in range(50)), "mpeg2video", g="12")
+    with FrameSampler(clip, 0.2) as sampler:
+        estimated = sampler.info.frame_count
+        frames = list(sampler)
+    assert estimated is not None and estimated < 50  # what the header's duration says
+    assert [frame_number(f.image) for f in frames] == list(range(0, 50, 5))
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "content_type"),
+    [
+        ("clip.ts", "mpeg2video", "text/vnd.trolltech.linguist"),  # Linux's MIME table (and so httpx's) for .ts
+        ("clip.3gp", "h263", "audio/3gpp"),
+        ("clip.asf", "wmv2", "application/vnd.ms-asf"),
+    ],
+)
+def test_a_video_file_under_its_own_names_label_is_analysed(
+    server: LiveServer, tmp_path: Path, name: str, codec: str, content_type: str
+) -> None:
+    # A client labels a file by its extension; these labels were refused with 415 "expected video/*" before the
+    # bytes were looked at. The bytes decide now; only an image's label is refused.
+    clip = encode_video(tmp_path / name, (numbered_frame(i, 176, 144) for i in range(50)), codec)
+    r = httpx.post(f"{server.url}/predict/video", files={"file": (name, clip.read_bytes(), content_type)}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert [f["t"] for f in r.json()["frames"]] == [0.0, 1.0]

@@ -58,6 +58,7 @@ MAX_INDEX_ENTRIES = 1_000_000  # a container index longer than this is not read 
 MAX_FPS = 1000.0  # a larger reported rate is a container time base, not a frame rate
 AVFMT_TS_DISCONT = 0x200  # FFmpeg's flag for containers whose timestamps may jump (MPEG-TS, MPEG-PS, Ogg)
 Strategy = Literal["auto", "grab", "seek"]
+STILL_IMAGE = "not a video: the upload is a still image; send images to POST /predict"
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,11 @@ class FrameSampler:
             raise InputError(422, "the video file is empty")
         if _looks_like_text(head):
             raise InputError(415, "not a video: the upload is text (playlists and stream descriptions are refused)")
-        if cv2.haveImageReader(str(self.path)):
-            raise InputError(415, "not a video: the upload is a still image; send images to POST /predict")
+        # An image is no video, unless it is a GIF or PNG with more than one frame (an animation, which FFmpeg
+        # decodes; checked below, once its first frames are decoded).
+        image = cv2.haveImageReader(str(self.path))
+        if image and not head.startswith((b"GIF87a", b"GIF89a", b"\x89PNG\r\n\x1a\n")):
+            raise InputError(415, STILL_IMAGE)
         # Local files only (no URL a container might name), and the pixel limit for the frames FFmpeg decodes
         # while probing the streams (containers that list their streams up front: AVI, MP4, Matroska).
         options = {"protocol_whitelist": "file"}
@@ -181,6 +185,11 @@ class FrameSampler:
             if self._by_dts and first.dts is not None:
                 self._start = first.dts
             self._keyframes = self._read_keyframes() if strategy == "auto" else []
+            if image:
+                second = self._next_frame(-math.inf)
+                if second is None:
+                    raise InputError(415, STILL_IMAGE)
+                self._pending.insert(0, second)
             self._pending.insert(0, first)
             self._upright = first.rotation % 360 // 90  # quarter turns counter-clockwise, as the player shows it
             if self._upright % 2:

@@ -666,3 +666,21 @@ def test_a_video_file_under_its_own_names_label_is_analysed(
     r = httpx.post(f"{server.url}/predict/video", files={"file": (name, clip.read_bytes(), content_type)}, timeout=60)
     assert r.status_code == 200, r.text
     assert [f["t"] for f in r.json()["frames"]] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_an_animated_gif_or_png_is_a_video_and_one_frame_is_a_still_image(tmp_path: Path, suffix: str) -> None:
+    # Ten frames of 100 ms: an animation FFmpeg decodes like any video (it was refused as a still image); the same
+    # file with one frame is still refused, as an image.
+    from PIL import Image
+
+    frames = [Image.fromarray(cv2.cvtColor(numbered_frame(i), cv2.COLOR_BGR2RGB)) for i in range(10)]
+    animation = tmp_path / f"animation{suffix}"
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with FrameSampler(animation, every=0.5) as sampler:
+        assert [(f.t, frame_number(f.image)) for f in sampler] == [(0.0, 0), (0.5, 5)]
+    still = tmp_path / f"still{suffix}"
+    frames[0].save(still)
+    with pytest.raises(InputError) as err:
+        FrameSampler(still)
+    assert err.value.status_code == 415 and "still image" in err.value.detail

@@ -48,7 +48,7 @@ def main() -> int:
     x, y, source = [], [], []
     for r in rows:
         image = cv2.imread(str(photos / "images" / r["file"]))
-        faces = pipeline.detect(image) if image is not None else []
+        faces = pipeline.detect(image) if image is not None and r["emotion"] in labels else []
         if faces:
             x.append(classifier.preprocess(crop_for(image, faces[0], classifier.spec)[None])[0])
             y.append(labels.index(r["emotion"]))

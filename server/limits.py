@@ -128,7 +128,7 @@ class HeaderDeadline:
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse (an unknown method, a malformed header, a body framed both
         by Content-Length and chunked), in JSON like every other error; uvicorn's own was plain text."""
-        body = json.dumps({"detail": f"malformed HTTP request: {msg}"}).encode()
+        body = json.dumps({"detail": f"malformed HTTP request ({msg.rstrip('.')})"}).encode()
         self.transport.write(
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: %d\r\n\r\n%s" % (len(body), body)

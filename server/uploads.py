@@ -16,6 +16,7 @@ from server.pipeline import InputError
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the byte limit
 OCTET_STREAM = "application/octet-stream"  # what curl and browsers send for files they cannot name
+ANIMATIONS = ("image/gif", "image/png", "image/apng")  # may be videos: server/video.py decodes those with frames
 # A form for these routes has one file and perhaps a few fields. Tiny parts cost the parser far more per byte (a
 # body of 50-byte parts: ~11 s of event-loop time per 50 MB), so a body of more parts than this is refused.
 MAX_PARTS = 64
@@ -36,7 +37,8 @@ async def receive_upload(
     The body is a multipart form with ``field`` or a raw ``kind/*`` body (also ``application/octet-stream`` if
     ``raw_octet_stream``). ``InputError``: 413 past ``max_bytes`` (checked on Content-Length first, then while
     streaming; a form may add ``MULTIPART_OVERHEAD`` bytes of boundaries, headers and other fields in all), 415 for
-    another content type, 400 for an empty body or a broken form, 422 for a form without ``field``.
+    another content type (a video field: only an image's, not a GIF's or PNG's), 400 for an empty body or a broken
+    form, 422 for a form without ``field``.
     """
     mime, options = parse_options_header(headers.get("content-type", ""))
     mime_str = mime.decode("latin-1").lower()
@@ -123,7 +125,7 @@ async def _read_field(
             # An unlabelled file (octet-stream) is let through: the bytes decide then. So is a video under any label
             # but an image's: clients label a file by its name's extension, and their tables call .ts a Qt
             # translation (text/vnd.trolltech.linguist), .3gp audio, .mxf or .asf application/*.
-            if kind == "video" and part_type.startswith("image/"):
+            if kind == "video" and part_type.startswith("image/") and part_type not in ANIMATIONS:
                 raise InputError(415, f"field {field!r} has content type {part_type!r}: send images to POST /predict")
             if kind != "video" and part_type and not part_type.startswith(f"{kind}/") and part_type != OCTET_STREAM:
                 raise InputError(415, f"field {field!r} has content type {part_type!r}, expected {kind}/*")

@@ -10,8 +10,9 @@ decoding them. Reaching the sampled frames (``strategy="auto"``):
 - intra-only codecs (MJPG): every frame decodes alone, so only the sampled packets are decoded;
 - otherwise every frame is decoded in order (each needs the one before), except that the sampler seeks to the last
   keyframe before the next sample when that keyframe is more than ``SEEK_OVERHEAD`` frames ahead; the container's
-  index says where the keyframes are (MP4, AVI, Matroska cues), else the widest keyframe spacing seen so far; MPEG-TS,
-  MPEG-PS and Ogg, whose seeks land after the target as often as before it, are decoded through.
+  index says where the keyframes are (MP4, AVI), else the widest keyframe spacing seen so far (Matroska reads its
+  cues only when it first seeks); MPEG-TS, MPEG-PS and Ogg, whose seeks land after the target as often as before
+  it, are decoded through, and so is a video whose seek once landed past its target (an open GOP).
 
 Measured on 60 s of 1280x720 30 fps (benchmarks/bench_video.py; decoded frames and CPU seconds, every=1, with
 OpenCV's before): mp4v (keyframe every 12) 588 frames, 0.8 s (OpenCV 1771, 1.9 s); MJPG 60 frames, 0.25 s
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 EVERY_MIN = 0.1  # seconds between analysed frames; below this a clip turns into a per-frame job
 EVERY_MAX = 600.0
 SEEK_OVERHEAD = 8  # demuxer seek + decoder flush, counted in frame decodes
-MAX_INDEX_ENTRIES = 1_000_000  # a container index longer than this is not read for keyframes (0.5 s)
+MAX_INDEX_ENTRIES = 1_000_000  # a container index longer than this is not read for keyframes (~0.4 s)
 MAX_FPS = 1000.0  # a larger reported rate is a container time base, not a frame rate
 AVFMT_TS_DISCONT = 0x200  # FFmpeg's flag for containers whose timestamps may jump (MPEG-TS, MPEG-PS, Ogg)
 Strategy = Literal["auto", "grab", "seek"]
@@ -76,7 +77,7 @@ class VideoInfo:
 
 @dataclass
 class SampledFrame:
-    index: int  # frame number from 0
+    index: int  # frame number from 0 (its time x fps: for a variable frame rate, the nearest constant-rate one)
     t: float  # seconds from the start
     image: np.ndarray  # BGR
 
@@ -297,10 +298,10 @@ class FrameSampler:
     def _read_keyframes(self) -> list[float]:
         """Times of the keyframes the container's index lists (MP4, AVI, Matroska cues); empty without an index."""
         entries = self._stream.index_entries
-        if not 0 < len(entries) <= MAX_INDEX_ENTRIES:
-            return []
-        tb = self._stream.time_base
-        keys = sorted(t for e in entries if e.is_keyframe and (t := self._time(e.timestamp, tb)) is not None)
+        if self._intra_only or not self._seekable or not 1 < len(entries) <= MAX_INDEX_ENTRIES:
+            return []  # unused, or not read yet (Matroska reads its cues on the first seek)
+        tb, start = float(self._stream.time_base), self._start
+        keys = sorted((e.timestamp - start) * tb for e in entries if e.is_keyframe)
         # Index times are decoding times; with B-frames they run a few frames behind the presentation times that
         # seeking compares (H.264 in MP4: the first keyframe at -2 frames). The first keyframe is the first frame.
         return [t - keys[0] for t in keys] if keys and keys[0] < 0 else keys
@@ -314,7 +315,7 @@ class FrameSampler:
             return self.strategy == "seek" and self.info.frame_count is not None
         if self._intra_only or self.info.frame_count is None:
             return False  # an intra-only stream skips the frames between samples without decoding them
-        if self._keyframes:
+        if len(self._keyframes) > 1 and target <= self._keyframes[-1] + (self._keyframes[-1] - self._keyframes[-2]):
             # A seek lands on the last keyframe at or before the target: it pays when that keyframe is further ahead
             # than the seek costs.
             i = bisect.bisect_right(self._keyframes, target) - 1
@@ -344,7 +345,7 @@ class FrameSampler:
         return np.ascontiguousarray(np.rot90(image, self._upright)) if self._upright else image
 
     def _check_truncated(self, t: float) -> None:
-        count = self.info.frame_count
+        count = self._stream.frames or None  # a count estimated from the duration may include a longer audio track
         # Containers round their frame counts: only a gap of more than half a second is a truncation.
         if count is not None and t * self.info.fps < count - max(2.0, self.info.fps / 2):
             raise InputError(
@@ -365,7 +366,8 @@ class FrameSampler:
             # 50 frames) does not: the frames are read to their real end.
             if self._stream.frames and target_index >= self._stream.frames:
                 return
-            if self._index >= 0 and self._use_seek(target - tolerance, target_index):
+            sought = self._index >= 0 and self._use_seek(target - tolerance, target_index)
+            if sought:
                 self._seek(target - tolerance)
             frame, t = None, self._last_t
             while t < target - tolerance - 1e-6 or frame is None:
@@ -373,6 +375,15 @@ class FrameSampler:
                 if frame is None:
                     break
                 t = self._frame_time(frame)
+                if sought and t > target + tolerance:
+                    # The seek landed past the target: this stream shows frames decoded after a keyframe before it
+                    # (an open GOP: MPEG-4 or MPEG-2 with B-frames), which a seek drops. Read it from the start, and
+                    # through from now on.
+                    self._seekable = False
+                    self._seek(0.0)
+                    frame, t = None, self._last_t
+                    continue
+                sought = False
                 self._index, self._last_t = round(t * fps), t
                 # Only a frame that exists past the limit makes a video too long (a header without a
                 # duration was let through at open); a short video with a large `every` just ends.
@@ -387,8 +398,10 @@ class FrameSampler:
 
     @property
     def duration(self) -> float:
-        """The header's duration, or (for containers that do not say) what was read so far."""
-        return self.info.duration if self.info.duration is not None else max(self._last_t, 0.0) + 1 / self.info.fps
+        """The header's duration, or what was read so far when that is longer (a duration estimated from the
+        header's may be short: MPEG-PS) or the container does not say."""
+        read = max(self._last_t, 0.0) + 1 / self.info.fps
+        return max(self.info.duration, read) if self.info.duration is not None else read
 
     def close(self) -> None:
         self._pending = []
@@ -491,7 +504,7 @@ _END = object()
 class FramePrefetcher:
     """Runs a sampler's iterator in its own thread, ``depth`` samples ahead, so decoding the next sample overlaps
     detecting and classifying this one (on 2 cores: wall time ~ max of the two instead of their sum). The thread
-    is the only user of the capture until ``close()`` has joined it."""
+    is the only user of the decoder until ``close()`` has joined it."""
 
     def __init__(self, frames: Iterator[SampledFrame], depth: int = 2):
         self._frames = frames
@@ -689,7 +702,8 @@ async def receive_video(
 
     The body is a multipart form with ``field`` or a raw ``video/*`` / ``application/octet-stream`` body. The file
     (random name, mode 0600, in ``temp_dir``) is removed here on any error. ``InputError``: 413 past ``max_bytes``
-    (on Content-Length, then while streaming), 415 for another content type, 400/422 for a broken or empty form.
+    (on Content-Length, then while streaming), 415 for a raw body of another content type or a form field labelled
+    as an image (not GIF or PNG: those may be animations), 400/422 for a broken or empty form.
     """
     if temp_dir is not None:
         Path(temp_dir).mkdir(parents=True, exist_ok=True)

@@ -587,8 +587,9 @@ def test_mpeg_ts_is_read_through_not_sought(tmp_path: Path, codec: str, options:
     ("codec", "options", "runs"),
     [
         ("libx264", {"preset": "veryfast", "bf": "3"}, [(0.2, "grab"), (1.0, "auto")]),  # auto seeks by the index
-        # Seeking lands a frame late here: the keyframe is stored before two B-frames shown before it (open GOP).
-        ("mpeg4", {"bf": "2"}, [(0.2, "grab")]),
+        # Seeking lands a frame late here (the keyframe is stored before two B-frames shown before it, an open GOP):
+        # "auto" sees it and reads on from the start instead.
+        ("mpeg4", {"bf": "2"}, [(0.2, "grab"), (1.0, "auto"), (2.0, "auto")]),
     ],
 )
 def test_b_frames_in_avi_come_at_their_own_times(
@@ -647,6 +648,29 @@ def test_a_frame_count_estimated_from_the_duration_does_not_end_the_video(tmp_pa
         frames = list(sampler)
     assert estimated is not None and estimated < 50  # what the header's duration says
     assert [frame_number(f.image) for f in frames] == list(range(0, 50, 5))
+    assert sampler.duration == pytest.approx(2.0, abs=0.05)  # what was read, not the estimate's 1.5 s
+
+
+def test_a_longer_audio_track_is_no_truncation(tmp_path: Path) -> None:
+    # A WebM of 1 s of video and 3 s of audio: its duration is the audio's, and the frame count estimated from it
+    # made the video "truncated or corrupt" (422).
+    import av
+
+    path = tmp_path / "talk.webm"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx-vp9", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        audio = container.add_stream("libopus", rate=48000)
+        for i in range(25):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(numbered_frame(i), format="bgr24")))
+        container.mux(video.encode())
+        for i in range(150):  # 3 s of 20 ms silence
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    with FrameSampler(path, 0.5) as sampler:
+        assert [frame_number(f.image) for f in sampler] == [0, 12]
 
 
 @pytest.mark.parametrize(
@@ -684,3 +708,24 @@ def test_an_animated_gif_or_png_is_a_video_and_one_frame_is_a_still_image(tmp_pa
     with pytest.raises(InputError) as err:
         FrameSampler(still)
     assert err.value.status_code == 415 and "still image" in err.value.detail
+
+
+def test_an_animated_gif_is_a_video_over_http(server: LiveServer, tmp_path: Path) -> None:
+    # Under the label every client gives a .gif (image/gif), which the route refused before the bytes were read.
+    from PIL import Image
+
+    frames = [Image.fromarray(cv2.cvtColor(numbered_frame(i), cv2.COLOR_BGR2RGB)) for i in range(20)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    r = post_video(server, tmp_path / "a.gif")  # application/octet-stream
+    r2 = httpx.post(
+        f"{server.url}/predict/video", files={"file": ("a.gif", (tmp_path / "a.gif").read_bytes(), "image/gif")}
+    )
+    assert r.status_code == r2.status_code == 200, (r.text, r2.text)
+    assert [f["t"] for f in r2.json()["frames"]] == [0.0, 1.0] and r2.json()["duration"] == pytest.approx(2.0)
+    frames[0].save(tmp_path / "still.gif")
+    r = httpx.post(
+        f"{server.url}/predict/video", files={"file": ("still.gif", (tmp_path / "still.gif").read_bytes(), "image/gif")}
+    )
+    assert r.status_code == 415 and "still image" in r.json()["detail"]
+    r = httpx.post(f"{server.url}/predict/video", files={"file": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")})
+    assert r.status_code == 415 and "send images to POST /predict" in r.json()["detail"]

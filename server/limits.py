@@ -31,17 +31,21 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 if TYPE_CHECKING:
     from server.config import Settings
 
-REQUEST_TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
+
+def json_response(status: bytes, body: bytes) -> bytes:
+    """A whole HTTP/1.1 answer written straight to the transport (before or outside the app), then closed."""
+    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (
+        status,
+        len(body),
+        body,
+    )
+
+
 BUSY_BODY = b'{"detail":"server busy: too many connections; retry later"}'
-REQUEST_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s" % (len(REQUEST_TIMEOUT_BODY), REQUEST_TIMEOUT_BODY)
-)
+REQUEST_TIMEOUT_RESPONSE = json_response(b"408 Request Timeout", b'{"detail":"request headers not received in time"}')
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers; browsers send a few kB, nginx allows 32 kB by default
-HEADERS_TOO_LARGE_BODY = b'{"detail":"request headers over %d bytes"}' % MAX_HEADER_BYTES
-HEADERS_TOO_LARGE_RESPONSE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s" % (len(HEADERS_TOO_LARGE_BODY), HEADERS_TOO_LARGE_BODY)
+HEADERS_TOO_LARGE_RESPONSE = json_response(
+    b"431 Request Header Fields Too Large", b'{"detail":"request headers over %d bytes"}' % MAX_HEADER_BYTES
 )
 
 
@@ -129,10 +133,7 @@ class HeaderDeadline:
         """uvicorn's answer to a request it cannot parse (an unknown method, a malformed header, a body framed both
         by Content-Length and chunked), in JSON like every other error; uvicorn's own was plain text."""
         body = json.dumps({"detail": f"malformed HTTP request ({msg.rstrip('.')})"}).encode()
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        self.transport.write(json_response(b"400 Bad Request", body))
         self.transport.close()
 
     def _arm_header_deadline(self) -> None:

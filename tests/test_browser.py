@@ -831,6 +831,43 @@ def test_page_with_trusted_hosts_and_another_allowed_origin(browser, model_path,
 FER2013_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
+@contextmanager
+def model_answers_rewritten(context, rewrite) -> Iterator[list[str]]:
+    """GET /model answers reach the pages of ``context`` as the real server gives them, passed through ``rewrite``
+    (which edits the JSON body in place); yields the list of the reads, one URL each."""
+    fetched: list[str] = []
+
+    def handle(route) -> None:
+        response = route.fetch()
+        body = response.json()
+        rewrite(body)
+        fetched.append(route.request.url)
+        route.fulfill(response=response, json=body)
+
+    def is_model(url: str) -> bool:
+        return urlsplit(url).path == "/model"
+
+    context.route(is_model, handle)
+    try:
+        yield fetched
+    finally:
+        context.unroute(is_model)
+
+
+def record_texts(page, element_id: str) -> None:
+    """From now on, every text the element takes is kept, in order (``recorded_texts``)."""
+    page.evaluate(
+        """(id) => { const element = document.getElementById(id); (window.texts ??= {})[id] = [];
+            new MutationObserver(() => window.texts[id].push(element.textContent))
+                .observe(element, {childList: true, characterData: true, subtree: true}); }""",
+        element_id,
+    )
+
+
+def recorded_texts(page, element_id: str) -> list[str]:
+    return page.evaluate("(id) => window.texts[id]", element_id)
+
+
 @pytest.mark.parametrize("labels", [None, []], ids=["without-labels", "empty-labels"])
 def test_page_takes_the_labels_from_the_results_when_get_model_names_none(browser, live_server, labels) -> None:
     """A GET /model answer without labels (this server always sends them; another, or a proxy, may not): the page
@@ -838,47 +875,33 @@ def test_page_takes_the_labels_from_the_results_when_get_model_names_none(browse
     reads GET /model only when it opens and after each reconnect. The header named no labels at all, and each
     reconnect dropped the results' labels until the next result."""
     model_labels = httpx.get(f"{live_server.url}/model").json()["labels"]
-    fetched: list[str] = []
 
-    def without_labels(route) -> None:
-        response = route.fetch()  # the real server's answer, with its labels taken out
-        body = response.json()
+    def without_labels(body: dict) -> None:
         if labels is None:
             del body["labels"]
         else:
             body["labels"] = labels
-        fetched.append(route.request.url)
-        route.fulfill(response=response, json=body)
 
-    def is_model(url: str) -> bool:
-        return urlsplit(url).path == "/model"
-
-    browser.route(is_model, without_labels)
-    try:
-        with open_page(browser, live_server.url) as page:
-            assert "emotions" not in page.inner_text("#model-info")
-            assert list(legend_colours(page, "#timeline-legend")) == [NO_FACE]
-            page.click("#camera-toggle")
-            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
-            named = f"{len(model_labels)} emotions ({', '.join(model_labels)})"
-            assert named in page.inner_text("#model-info")
-            page.wait_for_timeout(3000)  # results for longer than the page waits between two reads of GET /model
-            assert len(fetched) == 1, fetched
-            # The header is a live region: every text it takes is read out.
-            page.evaluate("""() => { const header = document.getElementById('model-info'); window.headers = [];
-                new MutationObserver(() => window.headers.push(header.textContent))
-                    .observe(header, {childList: true, characterData: true, subtree: true}); }""")
-            page.click("#camera-toggle")
-            page.click("#camera-toggle")  # a new connection: GET /model again, which still names no labels
-            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
-            page.wait_for_timeout(1000)
-            assert len(fetched) == 2, fetched
-            assert all(named in header for header in page.evaluate("window.headers")), page.evaluate("window.headers")
-            assert list(legend_colours(page, "#timeline-legend")) == [*model_labels, NO_FACE]
-            assert "another model" not in page.inner_text("#live-status")
-            page.click("#camera-toggle")
-    finally:
-        browser.unroute(is_model)
+    with model_answers_rewritten(browser, without_labels) as fetched, open_page(browser, live_server.url) as page:
+        assert "emotions" not in page.inner_text("#model-info")
+        assert list(legend_colours(page, "#timeline-legend")) == [NO_FACE]
+        page.click("#camera-toggle")
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+        named = f"{len(model_labels)} emotions ({', '.join(model_labels)})"
+        assert named in page.inner_text("#model-info")
+        page.wait_for_timeout(3000)  # results for longer than the page waits between two reads of GET /model
+        assert len(fetched) == 1, fetched
+        record_texts(page, "model-info")  # the header is a live region: every text it takes is read out
+        page.click("#camera-toggle")
+        page.click("#camera-toggle")  # a new connection: GET /model again, which still names no labels
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+        page.wait_for_timeout(1000)
+        assert len(fetched) == 2, fetched
+        headers = recorded_texts(page, "model-info")
+        assert all(named in header for header in headers), headers
+        assert list(legend_colours(page, "#timeline-legend")) == [*model_labels, NO_FACE]
+        assert "another model" not in page.inner_text("#live-status")
+        page.click("#camera-toggle")
 
 
 def test_page_keeps_the_results_labels_when_get_model_names_others(browser, live_server) -> None:
@@ -888,40 +911,23 @@ def test_page_keeps_the_results_labels_when_get_model_names_others(browser, live
     it read GET /model and flipped its legend with every result."""
     model_labels = httpx.get(f"{live_server.url}/model").json()["labels"]
     other = FER2013_LABELS if sorted(model_labels) != sorted(FER2013_LABELS) else FERPLUS_LABELS
-    fetched: list[str] = []
 
-    def other_model(route) -> None:
-        response = route.fetch()
-        body = response.json()
+    def other_model(body: dict) -> None:
         body["labels"] = other
-        fetched.append(route.request.url)
-        route.fulfill(response=response, json=body)
 
-    def is_model(url: str) -> bool:
-        return urlsplit(url).path == "/model"
-
-    browser.route(is_model, other_model)
-    try:
-        with open_page(browser, live_server.url) as page:
-            page.evaluate("""() => { const legend = document.getElementById('timeline-legend'); window.legends = [];
-                new MutationObserver(() => window.legends.push(legend.textContent))
-                    .observe(legend, {childList: true, characterData: true, subtree: true}); }""")
-            page.wait_for_timeout(2500)  # past the page's wait between two reads of GET /model
-            page.click("#camera-toggle")
-            page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
-            page.wait_for_timeout(3000)
-            assert len(fetched) == 2, fetched  # on opening, and once for the results' labels
-            legend = list(legend_colours(page, "#timeline-legend"))
-            assert legend[: len(model_labels)] == model_labels, legend  # the results' labels lead
-            states = [
-                text
-                for i, text in enumerate(page.evaluate("window.legends"))
-                if i == 0 or text != page.evaluate("window.legends")[i - 1]
-            ]
-            assert len(states) == 1, states  # the legend changed to the results' labels once, never back
-            page.click("#camera-toggle")
-    finally:
-        browser.unroute(is_model)
+    with model_answers_rewritten(browser, other_model) as fetched, open_page(browser, live_server.url) as page:
+        record_texts(page, "timeline-legend")
+        page.wait_for_timeout(2500)  # past the page's wait between two reads of GET /model
+        page.click("#camera-toggle")
+        page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
+        page.wait_for_timeout(3000)
+        assert len(fetched) == 2, fetched  # on opening, and once for the results' labels
+        legend = list(legend_colours(page, "#timeline-legend"))
+        assert legend[: len(model_labels)] == model_labels, legend  # the results' labels lead
+        legends = recorded_texts(page, "timeline-legend")
+        states = [text for i, text in enumerate(legends) if i == 0 or text != legends[i - 1]]
+        assert len(states) == 1, states  # the legend changed to the results' labels once, never back
+        page.click("#camera-toggle")
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,6 @@ class FrameSampler:
             # order, MPEG-4 one frame late): there a frame's time is the decoding time of the packet that brought it
             # out, counted from the first frame's (which the decoder's delay puts a few frames in).
             self._by_dts = self._container.format.name == "avi"
-            self._upright = 0
             first = self._next_frame(-math.inf)
             if first is None:
                 raise InputError(422, "no frame of the video could be decoded: the file is corrupt or truncated")
@@ -296,7 +295,8 @@ class FrameSampler:
         return t
 
     def _read_keyframes(self) -> list[float]:
-        """Times of the keyframes the container's index lists (MP4, AVI, Matroska cues); empty without an index."""
+        """Times of the keyframes the container's index lists at open (MP4, AVI); empty without one, and where the
+        sampler never seeks by it (intra-only codecs, MPEG-TS/PS, Ogg)."""
         entries = self._stream.index_entries
         if self._intra_only or not self._seekable or not 1 < len(entries) <= MAX_INDEX_ENTRIES:
             return []  # unused, or not read yet (Matroska reads its cues on the first seek)

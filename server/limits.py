@@ -32,21 +32,25 @@ if TYPE_CHECKING:
     from server.config import Settings
 
 
-def json_response(status: bytes, body: bytes) -> bytes:
-    """A whole HTTP/1.1 answer written straight to the transport (before or outside the app), then closed."""
-    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (
+def json_response(status: bytes, body: bytes, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 answer written straight to the transport (before or outside the app), then closed.
+
+    ``default_headers``: uvicorn's ``server_state.default_headers``, the ``date`` (renewed each second) and ``server``
+    headers its config asks for, which every answer through the app carries first; a constant answer built once
+    would carry a date frozen at the time it was built."""
+    head = b"".join(b"%s: %s\r\n" % (name, value) for name, value in default_headers)
+    return b"HTTP/1.1 %s\r\n%scontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (
         status,
+        head,
         len(body),
         body,
     )
 
 
 BUSY_BODY = b'{"detail":"server busy: too many connections; retry later"}'
-REQUEST_TIMEOUT_RESPONSE = json_response(b"408 Request Timeout", b'{"detail":"request headers not received in time"}')
+REQUEST_TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers; browsers send a few kB, nginx allows 32 kB by default
-HEADERS_TOO_LARGE_RESPONSE = json_response(
-    b"431 Request Header Fields Too Large", b'{"detail":"request headers over %d bytes"}' % MAX_HEADER_BYTES
-)
+HEADERS_TOO_LARGE_BODY = b'{"detail":"request headers over %d bytes"}' % MAX_HEADER_BYTES
 
 
 class HeaderDeadline:
@@ -57,6 +61,7 @@ class HeaderDeadline:
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     cycle: Any  # uvicorn's RequestResponseCycle of the request served last (None before the first)
+    server_state: Any  # uvicorn's ServerState, shared by all its protocol objects: default_headers, connections...
 
     connections: set[Any]  # uvicorn's open connections and request tasks, shared by all its protocol objects
     tasks: set[asyncio.Task]
@@ -101,8 +106,7 @@ class HeaderDeadline:
         if self._header_bytes is not None:
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
-                self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
-                self.transport.close()
+                self._answer_and_close(b"431 Request Header Fields Too Large", HEADERS_TOO_LARGE_BODY)
                 return
         super().data_received(data)  # type: ignore[misc]
 
@@ -133,7 +137,10 @@ class HeaderDeadline:
         """uvicorn's answer to a request it cannot parse (an unknown method, a malformed header, a body framed both
         by Content-Length and chunked), in JSON like every other error; uvicorn's own was plain text."""
         body = json.dumps({"detail": f"malformed HTTP request ({msg.rstrip('.')})"}).encode()
-        self.transport.write(json_response(b"400 Bad Request", body))
+        self._answer_and_close(b"400 Bad Request", body)
+
+    def _answer_and_close(self, status: bytes, body: bytes) -> None:
+        self.transport.write(json_response(status, body, self.server_state.default_headers))
         self.transport.close()
 
     def _arm_header_deadline(self) -> None:
@@ -151,8 +158,9 @@ class HeaderDeadline:
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
             return  # closed already, or a request is being served: its headers were complete in time
         if self._bytes_since_armed:
-            self.transport.write(REQUEST_TIMEOUT_RESPONSE)
-        self.transport.close()
+            self._answer_and_close(b"408 Request Timeout", REQUEST_TIMEOUT_BODY)
+        else:
+            self.transport.close()
 
 
 class HeaderDeadlineH11Protocol(HeaderDeadline, H11Protocol):

@@ -7,7 +7,8 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -114,6 +115,81 @@ def test_keep_alive_connection_serves_requests_in_time(server: LiveServer) -> No
         for _ in range(6):
             assert client.get("/healthz").status_code == 200
             time.sleep(KEEP_ALIVE / 3)
+
+
+def answer_headers(answer: bytes) -> dict[str, str]:
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+    return {name.lower(): value for name, _, value in (line.partition(": ") for line in head.split("\r\n")[1:])}
+
+
+def normal_answer(port: int) -> dict[str, str]:
+    """The headers of an answer through the app (GET /healthz)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer, _ = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    return answer_headers(answer)
+
+
+def normal_answer_of_a_new_second(port: int) -> dict[str, str]:
+    """A normal answer's headers once the server's Date has turned to the next second (about a second)."""
+    first = normal_answer(port)["date"]
+    deadline = time.monotonic() + 5
+    while (headers := normal_answer(port))["date"] == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return headers
+
+
+def http_date(value: str) -> float:
+    """Seconds since the epoch of an IMF-fixdate (RFC 9110 5.6.7), the one form a server may send."""
+    return datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc).timestamp()
+
+
+def slow_headers(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        return read_until_closed(sock)[0]
+
+
+def endless_headers(port: int) -> bytes:
+    from test_hostile_input import send_until_answered
+
+    return send_until_answered(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 16384, 1_000_000)[0]
+
+
+def unknown_method(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        return read_until_closed(sock)[0]
+
+
+@pytest.mark.parametrize(
+    "status, ask", [(408, slow_headers), (431, endless_headers), (400, unknown_method)], ids=["408", "431", "400"]
+)
+def test_answers_written_before_the_app_carry_the_same_standard_headers(
+    server: LiveServer, status: int, ask: Callable[[int], bytes]
+) -> None:
+    # These answers are written straight to the connection, not through the app: they carried no Date and no Server.
+    before = normal_answer_of_a_new_second(server.port)  # a date frozen before this second falls before it
+    answer = ask(server.port)
+    after = normal_answer(server.port)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    headers = answer_headers(answer)
+    assert headers.get("server") == before.get("server") == "uvicorn", (headers, before)
+    date = http_date(headers["date"])  # KeyError: no Date; ValueError: not an HTTP-date
+    assert http_date(before["date"]) <= date <= http_date(after["date"]), (before["date"], headers["date"])
+    assert abs(date - time.time()) < 3, headers["date"]  # uvicorn renews its date each second
+
+
+def test_raw_answers_follow_uvicorns_header_options(model_path: Path) -> None:
+    from server.app import create_app
+
+    app = create_app(make_settings(model_path, "haar"))
+    with LiveServer(app, server_header=False, date_header=False) as quiet:
+        normal = normal_answer(quiet.port)
+        headers = answer_headers(unknown_method(quiet.port))
+    assert "server" not in normal and "date" not in normal, normal
+    assert "server" not in headers and "date" not in headers, headers
 
 
 def ws_url(server: LiveServer) -> str:

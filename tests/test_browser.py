@@ -11,6 +11,7 @@ summary.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -904,19 +905,27 @@ def test_page_takes_the_labels_from_the_results_when_get_model_names_none(browse
         page.click("#camera-toggle")
 
 
+def emotions(labels: list[str]) -> str:
+    """How the page's header names a list of labels."""
+    return f"{len(labels)} emotions ({', '.join(labels)})"
+
+
 def test_page_keeps_the_results_labels_when_get_model_names_others(browser, live_server) -> None:
     """Behind a load balancer GET /model may come from another server than the stream's, with another model. The page
     counts by the labels its results carry and reads GET /model once for them. It used to take GET /model's labels
     over the results' on that read, so its legend went back to them, and on a stream slower than one result per 2 s
-    it read GET /model and flipped its legend with every result."""
+    it read GET /model and flipped its legend with every result. Its header paired the other model's version with
+    the results' labels; it now names the results' labels and says GET /model describes another model."""
     model_labels = httpx.get(f"{live_server.url}/model").json()["labels"]
     other = FER2013_LABELS if sorted(model_labels) != sorted(FER2013_LABELS) else FERPLUS_LABELS
 
     def other_model(body: dict) -> None:
         body["labels"] = other
+        body["metadata"] |= {"label_source": "other-source", "version": "9.9-other"}
 
     with model_answers_rewritten(browser, other_model) as fetched, open_page(browser, live_server.url) as page:
         record_texts(page, "timeline-legend")
+        record_texts(page, "model-info")
         page.wait_for_timeout(2500)  # past the page's wait between two reads of GET /model
         page.click("#camera-toggle")
         page.wait_for_function("document.getElementById('current-labels').dataset.labels !== ''", timeout=15_000)
@@ -927,7 +936,72 @@ def test_page_keeps_the_results_labels_when_get_model_names_others(browser, live
         legends = recorded_texts(page, "timeline-legend")
         states = [text for i, text in enumerate(legends) if i == 0 or text != legends[i - 1]]
         assert len(states) == 1, states  # the legend changed to the results' labels once, never back
+        header = page.inner_text("#model-info")
+        assert header == (
+            f"Model: {emotions(model_labels)} · version unknown: GET /model describes another model "
+            f"(other-source, {len(other)} emotions, version 9.9-other)"
+        ), header
+        # Before the first result the header described GET /model's answer alone; never its version with the
+        # results' labels, nor its detector (another server's) beside them.
+        for text in recorded_texts(page, "model-info"):
+            assert (emotions(model_labels) in text) == ("describes another model" in text), text
+            assert ("face detector" in text) == (emotions(other) in text), text
         page.click("#camera-toggle")
+
+
+def test_page_reads_get_model_again_for_labels_seen_soon_after_a_read(browser, make_model) -> None:
+    """A rolling update behind a load balancer: the server of the page's stream restarts with a model of other labels,
+    and the page's GET /model on reconnecting is answered by a server still running the old one. The new labels come
+    in the results within 2 s of that read: the page read GET /model no more until the next reconnect, so its header
+    paired the old model's version with the new labels. Now it reads again once the throttle allows, and stops
+    reading when the answer names the results' labels."""
+    from server.app import create_app
+
+    old_meta, new_meta = (
+        {"label_source": "fer2013", "version": "before"},
+        {"label_source": "ferplus", "version": "after"},
+    )
+    before = make_model("before.onnx", labels=FER2013_LABELS, favour="sad", metadata=old_meta)
+    after = make_model("after.onnx", labels=FERPLUS_LABELS, favour="contempt", metadata=new_meta)
+    old_answer: dict = {}  # the first answer, the old model's, as a server still running it gives it
+    stale_answers = 0
+
+    def an_old_server_answers_once(body: dict) -> None:
+        nonlocal stale_answers
+        if not old_answer:
+            old_answer.update(copy.deepcopy(body))
+        elif body["metadata"]["version"] == "after" and not stale_answers:
+            stale_answers += 1
+            body.clear()
+            body.update(old_answer)
+
+    with LiveServer(create_app(make_settings(before, "haar"))) as server:
+        port = server.port
+        with (
+            model_answers_rewritten(browser, an_old_server_answers_once) as fetched,
+            open_page(browser, server.url) as page,
+        ):
+            page.click("#camera-toggle")
+            page.wait_for_function("document.getElementById('current-labels').dataset.labels === 'sad'", timeout=15_000)
+            record_texts(page, "model-info")
+            server.__exit__(None, None, None)
+            with LiveServer(create_app(make_settings(after, "haar")), port=port):
+                page.wait_for_function(
+                    "document.getElementById('current-labels').dataset.labels === 'contempt'", timeout=20_000
+                )
+                page.wait_for_function(
+                    "document.getElementById('model-info').textContent.includes('version after')", timeout=6_000
+                )
+                page.wait_for_timeout(3000)  # results that agree with GET /model: no more reads
+                page.click("#camera-toggle")
+            headers = recorded_texts(page, "model-info")
+    assert stale_answers == 1, "the page did not read GET /model on reconnecting"
+    assert len(fetched) == 3, fetched  # on opening, on reconnecting (the old server's answer), once for the labels
+    assert headers[-1] == f"Model: ferplus · {emotions(FERPLUS_LABELS)} · version after · face detector: haar"
+    for text in headers:  # a version beside labels only when both are one model's
+        parts = text.removeprefix("Model: ").split(" · ")
+        assert "version before" not in parts or emotions(FER2013_LABELS) in parts, text
+        assert "version after" not in parts or emotions(FERPLUS_LABELS) in parts, text
 
 
 @pytest.mark.parametrize(

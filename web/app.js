@@ -15,7 +15,8 @@ import { setupImagePanel, setupVideoPanel } from './upload.js';
 const TIMELINE_WINDOW_S = 120;
 const TIMELINE_MIN_WINDOW_S = 30;
 const TIMELINE_REDRAW_MS = 250;
-// A result whose labels are not the model's means the server changed its model: GET /model again, at most this often.
+// Results whose labels GET /model did not name: the server may have changed its model. GET /model is read again for
+// them, at most this long after the last read began.
 const MODEL_REFRESH_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
@@ -45,12 +46,17 @@ const elements = {
   summaryHint: $('summary-hint'),
 };
 
-let labels = []; // the model's, in its output order
+let labels = []; // the ones counted: the live results', or GET /model's before the stream's first result
 let modelInfo = null; // GET /model's last answer; null before it and when the last read failed
+let modelLabels = []; // the labels that answer named (none: it named none, or the read failed)
 let modelDescription = '';
 let modelKey = ''; // what tells one model from another in GET /model's answer
-let modelRefreshedAt = -Infinity;
-let followedLabels = []; // the result labels GET /model was last read for
+let modelReadStartedAt = -Infinity;
+let modelReading = false; // one GET /model read at a time
+let modelReadAgain = false; // asked for while one was in flight: read once more when it is answered
+let modelReadTimer = null; // a read for the results' labels, waiting until MODEL_REFRESH_MS have passed
+let resultLabels = []; // the labels the live stream's results carry (none before its first result)
+let followedLabels = []; // the result labels GET /model has been read for since the stream connected
 const session = new Session();
 const timeline = new ShareChart($('timeline'), $('timeline-legend'));
 const overlay = new FaceOverlay(elements.overlay, elements.video);
@@ -67,23 +73,54 @@ function setStatus(text, kind = 'info') {
   elements.status.className = `status ${kind}`;
 }
 
-// GET /model: labels in output order (7 or 8 classes) plus what to show in the header. Read when the page opens, and
-// again when the server may have restarted with another model: after the live stream reconnects, and when a result
-// comes with other labels.
-// `resultLabels`: the labels the live results carry, which the page keeps when GET /model names others (behind a
-// load balancer the answer may come from another server than the stream's).
-async function loadModelInfo(resultLabels = null) {
-  modelRefreshedAt = performance.now();
+// GET /model, one read at a time: asked for while one is in flight, it reads once more when that one is answered.
+// Read when the page opens, and again when the server may have restarted with another model: after the live stream
+// reconnects, and when results come with labels it did not name (readModelSoon).
+async function readModel() {
+  clearTimeout(modelReadTimer);
+  modelReadTimer = null;
+  if (modelReading) {
+    modelReadAgain = true;
+    return;
+  }
+  modelReading = true;
+  modelReadStartedAt = performance.now();
+  try {
+    await loadModelInfo();
+  } finally {
+    modelReading = false;
+  }
+  if (modelReadAgain) {
+    modelReadAgain = false;
+    readModel();
+  }
+}
+
+// GET /model for the results' labels, once MODEL_REFRESH_MS have passed since the last read began; not at all if an
+// answer names them by then.
+function readModelSoon() {
+  if (modelReadTimer !== null) return;
+  const wait = Math.max(0, modelReadStartedAt + MODEL_REFRESH_MS - performance.now());
+  modelReadTimer = setTimeout(() => {
+    modelReadTimer = null;
+    if (!sameLabels(resultLabels, modelLabels)) readModel();
+  }, wait);
+}
+
+// GET /model's answer: labels in output order (7 or 8 classes) plus what to show in the header. The page counts by
+// the labels the live results carry, and keeps them when the answer names others (behind a load balancer it may come
+// from another server than the stream's).
+async function loadModelInfo() {
   let changed = false;
   try {
     const response = await fetch('model');
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     modelInfo = await response.json();
     const meta = modelInfo.metadata ?? {};
-    const modelLabels = Array.isArray(modelInfo.labels) ? modelInfo.labels : [];
+    modelLabels = Array.isArray(modelInfo.labels) ? modelInfo.labels : [];
     // An answer without labels (no server of this project's: its models must name theirs) leaves the page the labels
     // it has; without any yet, it takes them from the first result (followModel).
-    if (modelLabels.length && (!resultLabels || sameLabels(modelLabels, resultLabels))) labels = modelLabels;
+    if (modelLabels.length && (!resultLabels.length || sameLabels(modelLabels, resultLabels))) labels = modelLabels;
     if (Number.isInteger(modelInfo.max_faces)) setMaxFacesLimit(modelInfo.max_faces);
     const previous = modelKey;
     // Not the detector: a fall back to Haar is no new model.
@@ -91,6 +128,7 @@ async function loadModelInfo(resultLabels = null) {
     changed = previous !== '' && modelKey !== previous;
   } catch (error) {
     modelInfo = null;
+    modelLabels = [];
     elements.modelInfo.textContent = `Model information unavailable (${error.message}).`;
   }
   applyLabels(labels);
@@ -100,15 +138,20 @@ async function loadModelInfo(resultLabels = null) {
 }
 
 // The header: where the model's labels come from, the labels the page counts by, its version and the face detector.
+// When GET /model named other labels than the results carry, its version and detector are another model's (another
+// server's, or from before a restart): the header names the results' labels and says their version is unknown.
 function describeModel() {
   if (!modelInfo) return; // the header says why there is no model information
   const meta = modelInfo.metadata ?? {};
-  const parts = [
-    meta.label_source || meta.dataset,
-    labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null,
-    meta.version ? `version ${meta.version}` : null,
-    modelInfo.detector ? `face detector: ${modelInfo.detector}` : null,
-  ].filter(Boolean);
+  const source = meta.label_source || meta.dataset;
+  const version = meta.version ? `version ${meta.version}` : null;
+  const counted = labels.length ? `${labels.length} emotions (${labels.join(', ')})` : null;
+  let parts = [source, counted, version, modelInfo.detector ? `face detector: ${modelInfo.detector}` : null];
+  if (modelLabels.length && !sameLabels(modelLabels, labels)) {
+    const other = [source, `${modelLabels.length} emotions`, version].filter(Boolean).join(', ');
+    parts = [counted, `version unknown: GET /model describes another model (${other})`];
+  }
+  parts = parts.filter(Boolean);
   modelDescription = parts.join(' · ');
   elements.modelInfo.textContent = parts.length ? `Model: ${modelDescription}` : '';
 }
@@ -154,7 +197,9 @@ const client = new LiveClient(() => camera.captureJpeg(), {
   onStatus: setStatus,
   onReconnected() {
     // A restarted server may serve another model, or another version of the same labels.
-    loadModelInfo();
+    resultLabels = [];
+    followedLabels = [];
+    readModel();
   },
   onError(message) {
     setStatus(`Server: ${message}`, 'error');
@@ -164,19 +209,18 @@ const client = new LiveClient(() => camera.captureJpeg(), {
   },
 });
 
-// A result whose labels are not the page's: count it under its own labels now, and read the new model's name. The
-// page has none when GET /model named none: then the result's are the labels, with nothing new to read.
+// A result whose labels are not the page's: count it under its own labels now. When GET /model named others, read it
+// again, once per new set of result labels in a connection (not on every result, should it keep naming others). When
+// GET /model names none, the results' are the labels, with nothing to read.
 function followModel(result) {
-  const resultLabels = labelsFromFaces(result.faces);
-  if (!resultLabels.length || sameLabels(resultLabels, labels)) return;
-  const first = !labels.length;
-  applyLabels(resultLabels);
-  // GET /model once per new set of result labels (not on every result, should it name other labels).
-  if (first || sameLabels(resultLabels, followedLabels)) return;
-  if (performance.now() - modelRefreshedAt > MODEL_REFRESH_MS) {
-    followedLabels = resultLabels;
-    loadModelInfo(resultLabels);
-  }
+  const seen = labelsFromFaces(result.faces);
+  if (!seen.length) return;
+  resultLabels = seen;
+  if (!sameLabels(seen, labels)) applyLabels(seen);
+  const namedNone = modelInfo && !modelLabels.length;
+  if (namedNone || sameLabels(seen, modelLabels) || sameLabels(seen, followedLabels)) return;
+  followedLabels = seen;
+  readModelSoon();
 }
 
 function updateStats(now, result, rtt) {
@@ -365,7 +409,7 @@ elements.reset.addEventListener('click', () => {
 drawAffectGauge($('affect-legend').getContext('2d'), 0, 0, 120, 0.6, -0.3, 16);
 
 setupAccessForm();
-loadModelInfo().then(() => {
+readModel().then(() => {
   timelineDirty = true;
   redrawTimeline();
 });

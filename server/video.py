@@ -243,19 +243,22 @@ class FrameSampler:
     def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
         try:
             frames = packet.decode()
-        except av.ArgumentError:
-            # FFmpeg's answer to a frame over max_pixels (EINVAL, before any buffer is allocated).
-            if self.max_pixels is None:
-                return []
+        except av.FFmpegError as exc:
+            # A frame over max_pixels is refused before its buffer is allocated. MJPEG and VP9 decoders answer EINVAL;
+            # H.264 and HEVC answer as for corrupt data (or ENOMEM), but have taken the new size from the parameter
+            # sets that brought it: that size, over the limit, tells the refusal from a corrupt packet.
+            ctx = self._stream.codec_context
+            size = ctx.width * ctx.height
+            if self.max_pixels is None or not (isinstance(exc, av.ArgumentError) or size > self.max_pixels):
+                return []  # a corrupt packet is skipped, as players do; the next keyframe decodes again
             t = self._time(packet.pts, packet.time_base)
             at = f" at {t:.2f} s" if t is not None else ""
+            actual = f" ({ctx.width}x{ctx.height})" if size > self.max_pixels else ""
             raise InputError(
                 413,
-                f"a frame{at} is over the limit of {self.max_pixels} pixels, though the video says its frames are "
-                f"{self.info.width}x{self.info.height}",
+                f"a frame{at} is over the limit of {self.max_pixels} pixels{actual}, though the video says its frames "
+                f"are {self.info.width}x{self.info.height}",
             ) from None
-        except av.FFmpegError:
-            return []  # a corrupt packet is skipped, as players do; the next keyframe decodes again
         self.frames_read += len(frames)
         return frames  # type: ignore[return-value]
 

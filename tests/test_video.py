@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE, LiveServer, iou, make_settings
 from videos import (
+    annex_b,
     encode_video,
     face_then_no_face,
     frame_number,
     gray_jpeg,
     mjpeg_avi,
+    mpeg_ts,
+    nal_units,
     numbered_frame,
     truncate,
     write_video,
@@ -431,11 +434,13 @@ def test_wrong_content_and_missing_field(server: LiveServer, upload_dir: Path) -
 
 @pytest.fixture(scope="module")
 def strict(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Path]]:
-    """A server with a 300 kB and 5 s limit."""
+    """A server with a 300 kB, 5 s and 100,000 pixel limit."""
     from server.app import create_app
 
     uploads = tmp_path_factory.mktemp("strict_uploads")
-    settings = make_settings(model_path, "haar", video_temp_dir=uploads, max_video_bytes=300_000, max_video_seconds=5)
+    settings = make_settings(
+        model_path, "haar", video_temp_dir=uploads, max_video_bytes=300_000, max_video_seconds=5, max_pixels=100_000
+    )
     with LiveServer(create_app(settings)) as live:
         yield live, uploads
 
@@ -463,6 +468,24 @@ def test_duration_limit(strict: tuple[LiveServer, Path], tmp_path: Path) -> None
     assert clip.stat().st_size < 300_000
     r = post_video(server, clip)
     assert r.status_code == 413 and "8.0 s long" in r.json()["detail"] and "5 s" in r.json()["detail"]
+    assert wait_empty(uploads) == []
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_an_h264_or_hevc_frame_over_the_pixel_limit_is_413_over_http(
+    strict: tuple[LiveServer, Path], tmp_path: Path, codec: str
+) -> None:
+    # The JSON answer was a 200 without the large frames; the stream's last line was its summary.
+    server, uploads = strict
+    clip = mpeg_ts(tmp_path / "switch.ts", annex_b(SWITCH, codec), codec)
+    r = post_video(server, clip, every=0.2)
+    assert r.status_code == 413, r.text
+    assert "at 1.00 s is over the limit of 100000 pixels (1280x1024)" in r.json()["detail"]
+    r = post_video(server, clip, every=0.2, format="ndjson")
+    assert r.status_code == 200  # the stream had started: its last line says why it stopped
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert [line["t"] for line in lines[:-1]] == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert lines[-1]["status_code"] == 413 and "over the limit of 100000 pixels" in lines[-1]["detail"], lines[-1]
     assert wait_empty(uploads) == []
 
 
@@ -530,6 +553,54 @@ def test_a_frame_larger_than_the_header_says_is_refused_before_it_is_decoded(tmp
     with pytest.raises(InputError) as err:
         FrameSampler(first, max_pixels=100_000)
     assert err.value.status_code == 413 and "over the limit of 100000 pixels" in err.value.detail
+
+
+# 64x48 for 1 s, then five frames of 1280x1024 (1.3 megapixels), then 64x48 again: one stream whose size changes.
+SWITCH = [(64, 48, 25), (1280, 1024, 5), (64, 48, 25)]
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_an_h264_or_hevc_frame_over_the_limit_is_refused_before_it_is_decoded(tmp_path: Path, codec: str) -> None:
+    # In an MPEG-TS, as a broadcast that switches resolution sends it. FFmpeg refuses the large frames before
+    # allocating them, but the H.264 and HEVC decoders report that as corrupt data (HEVC: as no memory), and they were
+    # skipped like corrupt frames: the answer went on without them (or ended as "truncated" in an MP4).
+    clip = mpeg_ts(tmp_path / "switch.ts", annex_b(SWITCH, codec), codec)
+    with FrameSampler(clip, every=0.2) as sampler:  # without a limit: all of them, at the header's size
+        assert [(f.image.shape, frame_number(f.image)) for f in sampler] == [((48, 64, 3), i) for i in range(0, 55, 5)]
+    with FrameSampler(clip, every=0.2, max_pixels=100_000) as sampler:
+        assert (sampler.info.width, sampler.info.height) == (64, 48)
+        frames = iter(sampler)
+        assert [frame_number(next(frames).image) for _ in range(5)] == [0, 5, 10, 15, 20]
+        with pytest.raises(InputError) as err:
+            next(frames)
+    assert err.value.status_code == 413
+    assert "a frame at 1.00 s is over the limit of 100000 pixels (1280x1024)" in err.value.detail
+    assert "the video says its frames are 64x48" in err.value.detail
+
+
+@pytest.mark.parametrize(("codec", "broken"), [("libx264", 5), ("libx265", 33)])
+def test_corrupt_h264_or_hevc_within_the_limit_is_skipped_not_413(tmp_path: Path, codec: str, broken: int) -> None:
+    # What tells a frame over the limit from corrupt data is the size the decoder took from the parameter sets: here
+    # the limit is the video's own size, and the keyframes of its second half are zeroed (H.264: their slices; HEVC:
+    # the SPS x265 writes before each; a broken H.264 SPS is ignored without an error).
+    import av
+
+    data = bytearray(annex_b([(160, 120, 100)], codec, g="25"))
+    for kind, start, end in nal_units(bytes(data), codec):
+        if kind == broken and start > len(data) // 2:
+            data[start:end] = bytes(end - start)
+    clip = mpeg_ts(tmp_path / "corrupt.ts", bytes(data), codec)
+    errors = 0
+    with av.open(str(clip)) as container:
+        for packet in container.demux(video=0):
+            try:
+                packet.decode()
+            except av.FFmpegError:
+                errors += 1
+    assert errors > 0  # FFmpeg does fail on these packets
+    with FrameSampler(clip, every=0.2, max_pixels=160 * 120) as sampler:
+        frames = [frame_number(f.image) for f in sampler]
+    assert frames[:10] == list(range(0, 50, 5))  # the first half, then what decodes of the rest; no 413
 
 
 def test_a_frame_of_another_size_within_the_limit_comes_at_the_header_size(tmp_path: Path) -> None:

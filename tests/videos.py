@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -169,4 +170,58 @@ def encode_video(
         if stream is None:
             raise ValueError("no frames")
         container.mux(stream.encode())
+    return path
+
+
+def annex_b(parts: Iterable[tuple[int, int, int]], codec: str, fps: int = 25, **options: str) -> bytes:
+    """An H.264 or HEVC elementary stream (Annex B, ``codec`` libx264 or libx265) of numbered frames, in parts of
+    (width, height, frames) encoded one after the other and joined: the frame size changes from part to part, as in
+    a broadcast that switches resolution. No B-frames: frames come in the order they are shown."""
+    import io
+
+    import av
+
+    fmt = {"libx264": "h264", "libx265": "hevc"}[codec]
+    options = {"preset": "ultrafast", "bf": "0", **options}
+    if codec == "libx265":
+        options.setdefault("x265-params", "log-level=error")
+    data, start = b"", 0
+    for width, height, count in parts:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format=fmt) as container:
+            stream = container.add_stream(codec, rate=fps, options=options)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(start, start + count):
+                frame = av.VideoFrame.from_ndarray(numbered_frame(i, width, height), format="bgr24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        data, start = data + buffer.getvalue(), start + count
+    return data
+
+
+def nal_units(elementary: bytes, codec: str) -> list[tuple[int, int, int]]:
+    """(type, start, end) of each NAL unit of an Annex-B stream of ``codec`` (libx264 or libx265): its payload, after
+    the unit's header, is ``elementary[start:end]``."""
+    starts = [m.end() for m in re.finditer(b"\x00\x00\x01", elementary)]
+    ends = [s - 3 for s in starts[1:]] + [len(elementary)]
+    if codec == "libx264":
+        return [(elementary[s] & 0x1F, s + 1, e) for s, e in zip(starts, ends, strict=True)]
+    return [(elementary[s] >> 1 & 0x3F, s + 2, e) for s, e in zip(starts, ends, strict=True)]
+
+
+def mpeg_ts(path: Path, elementary: bytes, codec: str, fps: int = 25) -> Path:
+    """An elementary stream from ``annex_b`` (perhaps altered) as one video stream of an MPEG-TS, a frame every
+    1 / ``fps`` s; its header gives the first frame's size."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    fmt = {"libx264": "h264", "libx265": "hevc"}[codec]
+    with av.open(io.BytesIO(elementary), format=fmt) as source, av.open(str(path), "w", format="mpegts") as out:
+        video = source.streams.video[0]
+        stream = out.add_stream_from_template(video)
+        for i, packet in enumerate(p for p in source.demux(video) if p.size):
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, Fraction(1, fps), i, i
+            out.mux(packet)
     return path

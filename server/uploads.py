@@ -16,7 +16,7 @@ from server.pipeline import InputError
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the byte limit
 OCTET_STREAM = "application/octet-stream"  # what curl and browsers send for files they cannot name
-ANIMATIONS = ("image/gif", "image/png", "image/apng")  # may be videos: server/video.py decodes those with frames
+ANIMATIONS = ("image/gif", "image/png", "image/apng", "image/webp")  # may be videos: server/video.py judges the bytes
 # A form for these routes has one file and perhaps a few fields. Tiny parts cost the parser far more per byte (a
 # body of 50-byte parts: ~11 s of event-loop time per 50 MB), so a body of more parts than this is refused.
 MAX_PARTS = 64
@@ -37,8 +37,8 @@ async def receive_upload(
     The body is a multipart form with ``field`` or a raw ``kind/*`` body (also ``application/octet-stream`` if
     ``raw_octet_stream``). ``InputError``: 413 past ``max_bytes`` (checked on Content-Length first, then while
     streaming; a form may add ``MULTIPART_OVERHEAD`` bytes of boundaries, headers and other fields in all), 415 for
-    another content type (a video field: only an image's, not a GIF's or PNG's), 400 for an empty body or a broken
-    form, 422 for a form without ``field``.
+    another content type (a video field: only an image's, not a GIF's, PNG's or WebP's), 400 for an empty body or a
+    broken form, 422 for a form without ``field``.
     """
     mime, options = parse_options_header(headers.get("content-type", ""))
     mime_str = mime.decode("latin-1").lower()

@@ -60,6 +60,12 @@ MAX_FPS = 1000.0  # a larger reported rate is a container time base, not a frame
 AVFMT_TS_DISCONT = 0x200  # FFmpeg's flag for containers whose timestamps may jump (MPEG-TS, MPEG-PS, Ogg)
 Strategy = Literal["auto", "grab", "seek"]
 STILL_IMAGE = "not a video: the upload is a still image; send images to POST /predict"
+# FFmpeg's WebP decoder (8.1) reads still images only: it skips an animation's ANIM and ANMF chunks and finds no
+# picture. One that reads animations sizes the stream while probing it, and the file is then analysed as a GIF is.
+ANIMATED_WEBP = (
+    "animated WebP is not supported: this server's FFmpeg cannot decode its frames; send the animation as MP4, WebM "
+    "or GIF, or its first frame as an image to POST /predict"
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,11 @@ def decoder_pixel_limit(max_pixels: int) -> int:
     alignment (64), so it gets a quarter more and 64 x 4096 pixels of slack; the limit itself is checked on the
     size the video reports."""
     return min(max_pixels + max_pixels // 4 + 64 * 4096, 2**31 - 1)
+
+
+def _is_animated_webp(head: bytes) -> bool:
+    """A WebP with the extended header (VP8X) whose animation flag is set: its frames are in ANMF chunks."""
+    return head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and bool(head[20] & 0x02)
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -135,9 +146,10 @@ class FrameSampler:
         if _looks_like_text(head):
             raise InputError(415, "not a video: the upload is text (playlists and stream descriptions are refused)")
         # An image is no video, unless it is a GIF or PNG with more than one frame (an animation, which FFmpeg
-        # decodes; checked below, once its first frames are decoded).
+        # decodes; checked below, once its first frames are decoded) or an animated WebP.
         image = cv2.haveImageReader(str(self.path))
-        if image and not head.startswith((b"GIF87a", b"GIF89a", b"\x89PNG\r\n\x1a\n")):
+        animated_webp = _is_animated_webp(head)
+        if image and not (head.startswith((b"GIF87a", b"GIF89a", b"\x89PNG\r\n\x1a\n")) or animated_webp):
             raise InputError(415, STILL_IMAGE)
         # Local files only (no URL a container might name), and the pixel limit for the frames FFmpeg decodes
         # while probing the streams (containers that list their streams up front: AVI, MP4, Matroska).
@@ -168,6 +180,8 @@ class FrameSampler:
             if not streams or streams[0].codec_context is None:
                 raise InputError(415, "could not open the upload as a video: no video stream FFmpeg can decode")
             self._stream = streams[0]
+            if animated_webp and self._stream.codec_context.width <= 0:
+                raise InputError(415, ANIMATED_WEBP)  # else a "frame size of 0x0" (422), or a 413 under a pixel limit
             self._start = self._stream.start_time or 0
             self.info = self._read_info(max_pixels)
             self._stream.codec_context.options = options  # every later frame: refused over the limit, never allocated
@@ -706,7 +720,7 @@ async def receive_video(
     The body is a multipart form with ``field`` or a raw ``video/*`` / ``application/octet-stream`` body. The file
     (random name, mode 0600, in ``temp_dir``) is removed here on any error. ``InputError``: 413 past ``max_bytes``
     (on Content-Length, then while streaming), 415 for a raw body of another content type or a form field labelled
-    as an image (not GIF or PNG: those may be animations), 400/422 for a broken or empty form.
+    as an image (not GIF, PNG or WebP: those may be animations), 400/422 for a broken or empty form.
     """
     if temp_dir is not None:
         Path(temp_dir).mkdir(parents=True, exist_ok=True)

@@ -309,6 +309,25 @@ def test_train_writes_checkpoints_and_history(trained):
     assert "class weights ferplus" in log and "resumed" not in log
 
 
+def test_compare_puts_runs_side_by_side_from_their_histories(tmp_path, trained, capsys):
+    # The fixture's real run beside a made-up one whose FER+ head peaks early and ends lower: the best epoch and the
+    # end of the schedule are told apart, per head.
+    other = tmp_path / "other"
+    other.mkdir()
+    accs = [0.5, 0.9, 0.6, 0.7, 0.8]
+    rows = [
+        {"epoch": i + 1, "ferplus_val_acc": a, "ferplus_val_loss": 1.0, "train_loss": 1.0} for i, a in enumerate(accs)
+    ]
+    (other / "history.json").write_text(json.dumps({"history": rows}))
+    assert main(["compare", str(trained["out"]), str(other), "--tail", "2", "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"{other}: 5 epochs  ferplus best 90.00% (epoch 2), last 2 mean 75.00%" in out
+    real = json.loads((trained["out"] / "history.json").read_text())["history"]
+    mean = sum(r["fer2013_val_acc"] for r in real[-2:]) / 2
+    assert f"fer2013 best {max(r['fer2013_val_acc'] for r in real):.2%}" in out and f"last 2 mean {mean:.2%}" in out
+    assert _is_png(tmp_path / "c.png")
+
+
 def test_resume_continues_after_the_last_epoch(tmp_path, trained):
     out = tmp_path / "joint"
     shutil.copytree(trained["out"], out)

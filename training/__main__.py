@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_parser(sub)
     export.add_tta_parser(sub)
     evaluate.add_parser(sub)
+    evaluate.add_compare_parser(sub)
     calibrate.add_parser(sub)
     pack.add_parser(sub)
     distill.add_parser(sub)

@@ -289,6 +289,77 @@ def plot_learning_curves(histories: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def compare_runs(runs: list[str | Path], path: Path | None = None, tail: int = 3) -> list[dict]:
+    """Training runs side by side, from their history.json: per head the best epoch's PublicTest accuracy (what
+    selection on PublicTest picks, and overrates), the mean of the last `tail` epochs (the schedule's end point, the
+    steadier number for an ablation) and the epochs run. With `path`, one panel per head with every run's curve."""
+    rows = []
+    for run in runs:
+        history = json.loads((Path(run) / "history.json").read_text())["history"]
+        heads = sorted(k[: -len("_val_acc")] for k in history[-1] if k.endswith("_val_acc") and "_raw_" not in k)
+        row = {"run": str(run), "epochs": len(history), "heads": {}, "history": history}
+        for h in heads:
+            acc = [r[f"{h}_val_acc"] for r in history]
+            best = int(np.argmax(acc))
+            row["heads"][h] = {
+                "best": acc[best],
+                "best_epoch": history[best]["epoch"],
+                "end": float(np.mean(acc[-tail:])),
+            }
+        rows.append(row)
+    if path is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        heads = sorted({h for row in rows for h in row["heads"]})
+        fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), squeeze=False)
+        for ax, h in zip(axes[0], heads, strict=True):
+            for row in rows:
+                if h in row["heads"]:
+                    xs = [r["epoch"] for r in row["history"]]
+                    ys = [100 * r[f"{h}_val_acc"] for r in row["history"]]
+                    ax.plot(
+                        xs, ys, marker="o", ms=2, label=f"{Path(row['run']).name}: end {row['heads'][h]['end']:.2%}"
+                    )
+            ax.set_title(f"{h}: PublicTest accuracy per epoch")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("%")
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return rows
+
+
+def _compare(args: argparse.Namespace) -> int:
+    rows = compare_runs(args.runs, Path(args.plot) if args.plot else None, args.tail)
+    for row in rows:
+        cells = "  ".join(
+            f"{h} best {r['best']:.2%} (epoch {r['best_epoch']}), last {args.tail} mean {r['end']:.2%}"
+            for h, r in row["heads"].items()
+        )
+        print(f"{row['run']}: {row['epochs']} epochs  {cells}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="training runs side by side (an ablation): best and end-of-schedule PublicTest accuracy per head",
+        description="Read each run folder's history.json and print, per head, the best epoch's PublicTest accuracy "
+        "and the mean of the last epochs; --plot draws every run's curve, one panel per head.",
+    )
+    p.add_argument("runs", nargs="+", help="run folders (each with history.json)")
+    p.add_argument("--tail", type=int, default=3, help="epochs at the end of the schedule to average (default 3)")
+    p.add_argument("--plot", default=None, help="write the curves to this PNG")
+    p.set_defaults(func=_compare)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",

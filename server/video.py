@@ -260,14 +260,15 @@ class FrameSampler:
         except av.FFmpegError as exc:
             # A frame over max_pixels is refused before its buffer is allocated. MJPEG and VP9 decoders answer EINVAL;
             # H.264 and HEVC answer as for corrupt data (or ENOMEM), but have taken the new size from the parameter
-            # sets that brought it: that size, over the limit, tells the refusal from a corrupt packet.
+            # sets that brought it: that size, past what FFmpeg was told to refuse (decoder_pixel_limit, not the limit
+            # itself: frames in between decode and are scaled), tells the refusal from a corrupt packet.
             ctx = self._stream.codec_context
-            size = ctx.width * ctx.height
-            if self.max_pixels is None or not (isinstance(exc, av.ArgumentError) or size > self.max_pixels):
+            refused = self.max_pixels is not None and ctx.width * ctx.height > decoder_pixel_limit(self.max_pixels)
+            if self.max_pixels is None or not (isinstance(exc, av.ArgumentError) or refused):
                 return []  # a corrupt packet is skipped, as players do; the next keyframe decodes again
             t = self._time(packet.pts, packet.time_base)
             at = f" at {t:.2f} s" if t is not None else ""
-            actual = f" ({ctx.width}x{ctx.height})" if size > self.max_pixels else ""
+            actual = f" ({ctx.width}x{ctx.height})" if refused else ""
             raise InputError(
                 413,
                 f"a frame{at} is over the limit of {self.max_pixels} pixels{actual}, though the video says its frames "

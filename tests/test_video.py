@@ -603,6 +603,31 @@ def test_corrupt_h264_or_hevc_within_the_limit_is_skipped_not_413(tmp_path: Path
     assert frames[:10] == list(range(0, 50, 5))  # the first half, then what decodes of the rest; no 413
 
 
+def test_corrupt_hevc_after_frames_a_little_over_the_limit_is_skipped_not_413(tmp_path: Path) -> None:
+    # FFmpeg refuses a frame only past decoder_pixel_limit (the limit x 1.25 + 256 K pixels, its alignment margin):
+    # a 400x300 part (120,000 pixels) under a limit of 100,000 decodes and is scaled to the header's size. The next
+    # part's parameter sets zeroed, the decoder fails on its frames with 400x300 still in its context: corrupt data,
+    # which a check against the limit itself took for a frame over it (413).
+    import av
+
+    data = bytearray(annex_b([(64, 48, 25), (400, 300, 25), (64, 48, 25)], "libx265", g="25"))
+    sps = [(start, end) for kind, start, end in nal_units(bytes(data), "libx265") if kind == 33]
+    start, end = sps[2]  # the last part's
+    data[start:end] = bytes(end - start)
+    clip = mpeg_ts(tmp_path / "corrupt.ts", bytes(data), "libx265")
+    with av.open(str(clip)) as container:
+        errors = 0
+        for packet in container.demux(video=0):
+            try:
+                packet.decode()
+            except av.FFmpegError:
+                errors += 1
+    assert errors > 0  # FFmpeg does fail on these packets
+    with FrameSampler(clip, every=0.2, max_pixels=100_000) as sampler:
+        frames = [(frame_number(f.image), f.image.shape) for f in sampler]
+    assert frames[:10] == [(i, (48, 64, 3)) for i in range(0, 50, 5)]  # both parts that decode; no 413
+
+
 def test_a_frame_of_another_size_within_the_limit_comes_at_the_header_size(tmp_path: Path) -> None:
     clip = mjpeg_avi(tmp_path / "sizes.avi", [gray_jpeg(64, 48, 50), gray_jpeg(128, 96, 200)], 64, 48)
     with FrameSampler(clip, every=0.1) as sampler:

@@ -318,14 +318,20 @@ def test_compare_puts_runs_side_by_side_from_their_histories(tmp_path, trained, 
     rows = [
         {"epoch": i + 1, "ferplus_val_acc": a, "ferplus_val_loss": 1.0, "train_loss": 1.0} for i, a in enumerate(accs)
     ]
-    (other / "history.json").write_text(json.dumps({"history": rows}))
+    (other / "history.json").write_text(json.dumps({"epochs": 8, "history": rows}))  # 5 of 8 run so far
     assert main(["compare", str(trained["out"]), str(other), "--tail", "2", "--plot", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out
-    assert f"{other}: 5 epochs  ferplus best 90.00% (epoch 2), last 2 mean 75.00%" in out
+    assert (
+        f"{other}: 5 epochs of 8 (unfinished: not annealed yet)  ferplus best 90.00% (epoch 2), last 2 mean 75.00%"
+        in out
+    )
     real = json.loads((trained["out"] / "history.json").read_text())["history"]
     mean = sum(r["fer2013_val_acc"] for r in real[-2:]) / 2
     assert f"fer2013 best {max(r['fer2013_val_acc'] for r in real):.2%}" in out and f"last 2 mean {mean:.2%}" in out
     assert _is_png(tmp_path / "c.png")
+    assert f"{trained['out']}: 2 epochs  fer2013" in out  # finished: no mark
+    with pytest.raises(ValueError, match="--tail must be at least 1"):
+        main(["compare", str(other), "--tail", "0"])
 
 
 def test_resume_continues_after_the_last_epoch(tmp_path, trained):

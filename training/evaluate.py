@@ -293,18 +293,26 @@ def compare_runs(runs: list[str | Path], path: Path | None = None, tail: int = 3
     """Training runs side by side, from their history.json: per head the best epoch's PublicTest accuracy (what
     selection on PublicTest picks, and overrates), the mean of the last `tail` epochs (the schedule's end point, the
     steadier number for an ablation) and the epochs run. With `path`, one panel per head with every run's curve."""
+    if tail < 1:
+        raise ValueError(f"--tail must be at least 1, got {tail}")
     rows = []
     for run in runs:
-        history = json.loads((Path(run) / "history.json").read_text())["history"]
-        heads = sorted(k[: -len("_val_acc")] for k in history[-1] if k.endswith("_val_acc") and "_raw_" not in k)
-        row = {"run": str(run), "epochs": len(history), "heads": {}, "history": history}
+        state = json.loads((Path(run) / "history.json").read_text())
+        history = state["history"]
+        if not history:
+            raise ValueError(f"{run}: its history.json has no epoch yet")
+        keys = {k for r in history for k in r}
+        heads = sorted(k[: -len("_val_acc")] for k in keys if k.endswith("_val_acc") and "_raw_" not in k)
+        # A run still going (or cut by its budget before its schedule's end) has not annealed: say so beside it.
+        row = {"run": str(run), "epochs": len(history), "of": state.get("epochs", len(history)), "heads": {}}
+        row["history"] = history
         for h in heads:
-            acc = [r[f"{h}_val_acc"] for r in history]
-            best = int(np.argmax(acc))
+            acc = np.array([r.get(f"{h}_val_acc", np.nan) for r in history])
+            best = int(np.nanargmax(acc))
             row["heads"][h] = {
-                "best": acc[best],
+                "best": float(acc[best]),
                 "best_epoch": history[best]["epoch"],
-                "end": float(np.mean(acc[-tail:])),
+                "end": float(np.nanmean(acc[-tail:])),
             }
         rows.append(row)
     if path is not None:
@@ -341,7 +349,8 @@ def _compare(args: argparse.Namespace) -> int:
             f"{h} best {r['best']:.2%} (epoch {r['best_epoch']}), last {args.tail} mean {r['end']:.2%}"
             for h, r in row["heads"].items()
         )
-        print(f"{row['run']}: {row['epochs']} epochs  {cells}")
+        done = "" if row["epochs"] >= row["of"] else f" of {row['of']} (unfinished: not annealed yet)"
+        print(f"{row['run']}: {row['epochs']} epochs{done}  {cells}")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0

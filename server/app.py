@@ -538,7 +538,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 class WebFiles(StaticFiles):
     """The page's files. An API path asked with another method gets 405 and an Allow header, and a WebSocket path
     asked over plain HTTP 426, not the 404 the mount at "/" would otherwise answer (Starlette hands a method or
-    protocol mismatch on to the next matching route)."""
+    protocol mismatch on to the next matching route). An API path with a trailing slash (``POST /predict/``) gets a
+    404 naming the route, not a 405 telling it to use GET; a WebSocket handshake on another path than the live
+    route gets a 404 saying where that is, not StaticFiles' 403 without a word (which read as a wrong API key)."""
 
     def __init__(self, api_methods: dict[str, set[str]], sockets: Collection[str] = (), **kwargs: Any):
         super().__init__(**kwargs)
@@ -547,6 +549,15 @@ class WebFiles(StaticFiles):
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path = route_path(scope)
+        route = path.rstrip("/")
+        if route != path and (route in self.sockets or (scope["type"] == "http" and route in self.api_methods)):
+            detail = f"no route {path}: the route is {route}, without the trailing slash"
+            await self.not_found(detail, scope, receive, send)
+            return
+        if scope["type"] == "websocket" and path not in self.sockets:
+            routes = " or ".join(sorted(self.sockets)) or "none"
+            await self.not_found(f"no WebSocket route at {path}: the live stream is at {routes}", scope, receive, send)
+            return
         if scope["type"] == "http" and path in self.sockets:
             detail = f"{path} is a WebSocket route: connect with a WebSocket client (ws:// or wss://)"
             answer = JSONResponse({"detail": detail}, status_code=426, headers={"Upgrade": "websocket"})
@@ -560,6 +571,14 @@ class WebFiles(StaticFiles):
             await JSONResponse({"detail": detail}, status_code=405, headers={"Allow": methods})(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    async def not_found(self, detail: str, scope: dict, receive: Callable, send: Callable) -> None:
+        """404 with a message; on a WebSocket handshake as the HTTP answer that refuses it, where the server can send
+        one (ASGI's websocket.http.response extension, which uvicorn has), else StaticFiles' close (a bare 403)."""
+        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+            await super().__call__(scope, receive, send)
+            return
+        await JSONResponse({"detail": detail}, status_code=404)(scope, receive, send)
 
 
 app = create_app()

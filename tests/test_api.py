@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 from conftest import LiveServer, make_settings, wait_until_ready
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from server.app import create_app, lifespan
 from server.classifier import ModelError
@@ -242,6 +244,28 @@ def test_wrong_method_on_an_api_path_is_405_not_the_pages_404(client: httpx.Clie
     assert client.get("/app.js").status_code == 200  # the page's files are still served from the same mount
     r = client.get("/ws")  # the live route, asked without the WebSocket upgrade
     assert r.status_code == 426 and r.headers["upgrade"] == "websocket" and "WebSocket client" in r.json()["detail"]
+
+
+def test_trailing_slash_or_a_websocket_on_another_path_is_a_404_naming_the_route(
+    client: httpx.Client, live_server: LiveServer
+) -> None:
+    """`POST /predict/` answered 405 "use GET, HEAD" (the page mount's rule for its files), and a WebSocket handshake
+    on any path but /ws a bare 403, which reads as a refused API key."""
+    for method, path, route in [
+        ("POST", "/predict/", "/predict"),
+        ("POST", "/predict/video/", "/predict/video"),
+        ("GET", "/model/", "/model"),
+        ("GET", "/ws/", "/ws"),
+    ]:
+        r = client.request(method, path)
+        assert r.status_code == 404, (method, path, r.status_code, r.text)
+        assert f"the route is {route}, without the trailing slash" in r.json()["detail"]
+    assert client.post("/app.js/").status_code == 405  # a page path keeps the page's rule
+    for path in ("/ws/", "/predict", "/"):
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(live_server.url.replace("http://", "ws://") + path)
+        assert refused.value.response.status_code == 404, path
+        assert "/ws" in json.loads(refused.value.response.body)["detail"]
 
 
 def test_head_is_answered_wherever_get_is(client: httpx.Client) -> None:

@@ -8,6 +8,7 @@ form parser spools files over 1 MB to disk, and nothing a user sends may be writ
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import time
@@ -260,8 +261,11 @@ VIDEO_ERROR_RESPONSES = error_responses(
         413: "Over the byte, duration or pixel limit",
         415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
         422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
+        503: "Server busy: the work queue is full, or no room is left to store the video; retry after the "
+        "Retry-After seconds",
     }
 )
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the video temp folder's disk, quota or file size limit
 
 
 @router.post(
@@ -297,9 +301,17 @@ async def predict_video(
     app = request.app
     settings: Settings = app.state.settings
     # Streams to a temporary file (deleted below whatever happens): a video does not fit the in-memory upload path.
-    path = await receive_video(
-        request.headers, request.stream(), max_bytes=settings.max_video_bytes, temp_dir=settings.video_temp_dir
-    )
+    try:
+        path = await receive_video(
+            request.headers, request.stream(), max_bytes=settings.max_video_bytes, temp_dir=settings.video_temp_dir
+        )
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        # Uploads in progress filled the folder (each is deleted when its answer ends): busy for now, not broken.
+        log.warning("video upload refused: %s in the video temp folder", exc.strerror)
+        detail = f"server busy: no room left to store the video; retry after {settings.retry_after} s"
+        raise StarletteHTTPException(503, detail, headers={"Retry-After": str(settings.retry_after)}) from None
     analysis: VideoAnalysis | None = None
     streaming = False
     try:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
+import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +18,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, LiveServer, iou, make_settings
+from conftest import ASTRONAUT_FACE, LiveServer, iou, make_settings, wait_until_ready
 from videos import (
     annex_b,
     encode_video,
@@ -460,6 +465,49 @@ def test_byte_limit_while_streaming(strict: tuple[LiveServer, Path]) -> None:
     r = httpx.post(url, content=body(), headers={"Content-Type": "video/mp4"})
     assert r.status_code == 413 and "over the video limit" in r.json()["detail"]
     assert wait_empty(uploads) == []
+
+
+def test_a_full_video_temp_folder_is_503_with_retry_after(model_path: Path, tmp_path: Path) -> None:
+    """Uploads that fill the temporary folder (ENOSPC) were a 500 with the OSError in the log. Here a real
+    `python -m server` under a 1 MB file size limit (RLIMIT_FSIZE: the same OSError, EFBIG, from the same write)."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "EMOTION_MODEL_PATH": str(model_path),
+        "EMOTION_DETECTOR": "haar",
+        "EMOTION_VIDEO_TEMP_DIR": str(uploads),
+        "OMP_NUM_THREADS": "1",
+    }
+
+    def small_files() -> None:  # Python ignores SIGXFSZ: a write past the limit raises instead of killing the server
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=small_files,
+    )
+    try:
+        wait_until_ready(proc, port, "server")
+        url = f"http://127.0.0.1:{port}/predict/video"
+        r = httpx.post(url, content=b"\0" * 2_000_000, headers={"Content-Type": "video/mp4"}, timeout=60)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1" and "no room left to store the video" in r.json()["detail"]
+        assert wait_empty(uploads) == []
+        clip = write_video(tmp_path / "small.avi", [numbered_frame(i) for i in range(10)], fps=10)
+        r = httpx.post(url, files={"file": ("small.avi", clip.read_bytes(), "video/x-msvideo")}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["frames"]) == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_duration_limit(strict: tuple[LiveServer, Path], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,38 @@ def test_decoder_refusals_are_400(client: httpx.Client, server: LiveServer, name
         assert error["type"] == "error" and error["frame_id"] == 1 and "could not decode" in error["error"]
         ws.send(jpeg(astronaut_frame(320, 240)))
         assert json.loads(ws.recv(timeout=20))["type"] == "result"
+
+
+def png(width: int, height: int, image_data: bytes, interlaced: bool = False) -> bytes:
+    """An 8-bit RGB PNG whose IDAT holds ``image_data`` (the filtered rows), compressed."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(image_data, 9)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def test_png_with_image_data_past_its_rows_is_400_not_inflated(client: httpx.Client, server: LiveServer) -> None:
+    """An 8x8 PNG whose image data inflates to 40 MB (a 40 kB file) was answered 200 after libpng inflated all of it:
+    zeros compress 1000:1, and a 10 MB file held a thread for 20 s (40 s at the default 20 MB limit)."""
+    bomb = png(8, 8, bytes(40_000_000))
+    assert len(bomb) < MAX_UPLOAD
+    r = client.post("/predict", content=bomb, headers={"content-type": "image/png"})
+    assert r.status_code == 400, r.text
+    assert "more image data than its 8x8 pixels need" in r.json()["detail"]
+    with connect(ws_url(server)) as ws:
+        ws.send(bomb)
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "more image data" in error["error"]
+    # Exactly the rows, plain or interlaced (Adam7: 7 passes of 1 + 3 * width bytes per row, here 1+1+1+2+2+4+4 rows
+    # of 4, 4, 8, 8, 16, 16, 32 pixels): decoded as before.
+    r = client.post("/predict", content=png(32, 8, bytes(8 * 97)), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["width"] == 32
+    adam7 = bytes((1 + 12) + (1 + 12) + (1 + 24) + 2 * (1 + 24) + 2 * (1 + 48) + 4 * (1 + 48) + 4 * (1 + 96))
+    r = client.post("/predict", content=png(32, 8, adam7, interlaced=True), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["height"] == 8
 
 
 @pytest.mark.parametrize("route", ["/predict", "/predict/video"])

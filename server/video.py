@@ -40,7 +40,7 @@ import av
 import cv2
 import numpy as np
 
-from server.pipeline import InputError
+from server.pipeline import MAX_JPEG_SCANS, InputError
 from server.schemas import TrackSummary, VideoFrame, VideoResponse, VideoStreamEnd, VideoStreamError, VideoSummary
 from server.tracker import FaceTracker
 from server.uploads import receive_upload
@@ -186,6 +186,7 @@ class FrameSampler:
             self.info = self._read_info(max_pixels)
             self._stream.codec_context.options = options  # every later frame: refused over the limit, never allocated
             self._intra_only = self._stream.codec_context.codec.intra_only  # MJPEG: any frame decodes alone
+            self._jpeg_frames = self._stream.codec_context.codec.name == "mjpeg"  # scans counted, as for images
             # FFmpeg seeks these by searching their timestamps, and lands on the keyframe after the target as often
             # as on the one before it (MPEG-TS: the sample for 7.5 s was the frame at 8 s): they are read through.
             self._seekable = not self._container.format.flags & AVFMT_TS_DISCONT
@@ -255,6 +256,11 @@ class FrameSampler:
         return float((pts - self._start) * time_base)
 
     def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        # A JPEG frame is decoded one pass over the frame per scan, as an image is (server.pipeline.MAX_JPEG_SCANS).
+        if self._jpeg_frames and (scans := bytes(packet).count(b"\xff\xda")) > MAX_JPEG_SCANS:
+            t = self._time(packet.pts, packet.time_base)
+            at = f" at {t:.2f} s" if t is not None else ""
+            raise InputError(422, f"the frame{at} is a JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS}")
         try:
             frames = packet.decode()
         except av.FFmpegError as exc:

@@ -510,6 +510,24 @@ def test_a_full_video_temp_folder_is_503_with_retry_after(model_path: Path, tmp_
         proc.wait(timeout=30)
 
 
+def test_an_mjpeg_frame_of_too_many_scans_is_422_not_decoded(server: LiveServer, tmp_path: Path) -> None:
+    """A JPEG frame is decoded one pass over the frame per scan, and a scan can be 14 bytes: 3000 copies of the last
+    one in a 2000x2000 frame (42 kB) took 0.9 s to decode, and a 512 MiB AVI of them would take days."""
+    image = cv2.imencode(".jpg", np.full((2000, 2000, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    progressive = image.tobytes()
+    last_scan = progressive[progressive.rindex(b"\xff\xda") : -2]  # up to the end-of-image marker
+    bomb = progressive[:-2] + last_scan * 300 + b"\xff\xd9"
+    clip = mjpeg_avi(tmp_path / "scans.avi", [progressive, bomb, progressive], 2000, 2000)
+    r = post_video(server, clip, every=0.1)
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["detail"] == "the frame at 0.10 s is a JPEG of 310 scans, over the limit of 100"
+    clip = mjpeg_avi(tmp_path / "first.avi", [bomb, progressive], 2000, 2000)
+    r = post_video(server, clip)
+    assert r.status_code == 422 and "310 scans" in r.json()["detail"]
+    clip = mjpeg_avi(tmp_path / "fine.avi", [progressive] * 3, 2000, 2000)  # its own 10 scans
+    assert post_video(server, clip, every=0.1).status_code == 200
+
+
 def test_duration_limit(strict: tuple[LiveServer, Path], tmp_path: Path) -> None:
     server, uploads = strict
     clip = face_then_no_face(tmp_path / "long.mp4", 4, 4, width=160, height=120)

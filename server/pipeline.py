@@ -152,18 +152,24 @@ MAX_JPEG_SCANS = 100  # progressive passes; libjpeg's own progression (jpeg_simp
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: gray, RGB, palette, gray + alpha, RGBA
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 PNG_SLACK = 64 * 1024  # image data an encoder may leave past the last row that is still decoded
+MAX_PNG_CHUNKS = 65536  # libpng writes 8 KiB IDAT chunks: a 20 MB PNG has a few thousand
 
 
-def png_data_past_its_rows(data: bytes, width: int, height: int) -> bool:
-    """True when a PNG's image data (its IDAT chunks) inflates to more than its rows need. libpng inflates all of it
-    for nothing (zeros compress 1000:1: an 8x8 PNG of 10 MB held a thread for 20 s); this stops at what the rows
-    need, so it costs at most what decoding a real image of that size does, and refuses the rest unread."""
+def png_refusal(data: bytes, width: int, height: int) -> str | None:
+    """Why a PNG is refused before libpng reads it, or None.
+
+    - Image data (its IDAT chunks) that inflates to more than the rows need: libpng inflates all of it for nothing
+      (zeros compress 1000:1: an 8x8 PNG of 10 MB held a thread for 20 s). Inflating stops at what the rows need, so
+      this costs at most what decoding a real image of that size does.
+    - More than ``MAX_PNG_CHUNKS`` chunks: libpng logs a warning for each one it cannot use (1.7 million empty tEXt
+      chunks in 20 MB: 7 s and as many log lines), and this walk would take a second over them.
+    """
     if len(data) < 33:
-        return False  # a header cut short: the decoder refuses it
+        return None  # a header cut short: the decoder refuses it
     bit_depth, colour_type, interlaced = data[24], data[25], data[28]
     bits = PNG_CHANNELS.get(colour_type, 0) * bit_depth
     if not bits:
-        return False  # an invalid header: the decoder refuses it
+        return None  # an invalid header: the decoder refuses it
 
     def rows(w: int, h: int) -> int:
         return h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
@@ -174,21 +180,26 @@ def png_data_past_its_rows(data: bytes, width: int, height: int) -> bool:
         needed = rows(width, height)
     left = needed + PNG_SLACK
     inflater = zlib.decompressobj()
-    i = 8
+    i, chunks = 8, 0
     try:
         while i + 8 <= len(data):
+            chunks += 1
+            if chunks > MAX_PNG_CHUNKS:
+                return f"the PNG has more than {MAX_PNG_CHUNKS} chunks"
             length, kind = struct.unpack(">I4s", data[i : i + 8])
+            if kind == b"IEND":
+                break
             if kind == b"IDAT":
                 pending = data[i + 8 : i + 8 + length]
                 while pending and not inflater.eof:
                     left -= len(inflater.decompress(pending, min(left + 1, 1 << 20)))
                     if left < 0:
-                        return True
+                        return f"the PNG holds more image data than its {width}x{height} pixels need"
                     pending = inflater.unconsumed_tail
             i += 12 + length
     except zlib.error:
-        return False  # corrupt data: the decoder says so
-    return False
+        return None  # corrupt data: the decoder says so
+    return None
 
 
 def decode_image(data: bytes, settings: Settings | None = None, *, max_pixels: int | None = None) -> np.ndarray:
@@ -220,8 +231,8 @@ def decode_image(data: bytes, settings: Settings | None = None, *, max_pixels: i
         raise InputError(
             400, f"could not decode the image: the JPEG has {scans} scans, over the limit of {MAX_JPEG_SCANS}"
         )
-    if fmt == "png" and png_data_past_its_rows(data, w, h):
-        raise InputError(400, f"could not decode the image: the PNG holds more image data than its {w}x{h} pixels need")
+    if fmt == "png" and (problem := png_refusal(data, w, h)):
+        raise InputError(400, f"could not decode the image: {problem}")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:

@@ -103,10 +103,15 @@ def other_image_format(data: bytes) -> str | None:
     return None
 
 
+# Markers and fill bytes walked before the frame header. A real JPEG has a few dozen (an ICC profile split over many
+# APP2 segments, a few hundred); 20 MB of 4-byte comments walked here for 2.3 s (libjpeg skips them in 0.04 s).
+MAX_JPEG_HEADER_STEPS = 4096
+
+
 def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
     i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
+    for _ in range(MAX_JPEG_HEADER_STEPS):
+        if i + 4 > n or data[i] != 0xFF:
             return None
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte

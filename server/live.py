@@ -366,7 +366,9 @@ class LiveSession:
                     return
                 if not data:
                     metrics.ws_frames.labels(outcome="error").inc()
-                    await self.send(LiveError(frame_id=self.frames, error="empty frame: send a JPEG or WebP image"))
+                    await self.send(
+                        LiveError(frame_id=self.frames, error="empty frame: send a JPEG, WebP, PNG or BMP image")
+                    )
                     continue
                 before = self.slot.dropped
                 self.slot.put(Frame(self.frames, data, time.monotonic()))

@@ -259,6 +259,11 @@ def test_budget_fits_the_remaining_epochs_into_the_time_left():
     annealing = {"epoch": 10, "epochs": 20}
     _fit_budget(annealing, [10.0], time.time() + 3600, 100, lambda _: None)
     assert annealing == {"epoch": 10, "epochs": 20}
+    # Another job slowing every other epoch for a while does not cut the schedule: the median of the last seven
+    # epochs is still the run's own pace (the median of the last three was 98 s here, which cut 90 epochs to 62).
+    shared = {"epoch": 20, "epochs": 90}
+    _fit_budget(shared, [60.0] * 17 + [98.0, 57.0, 110.0], time.time() + 70 * 60 + 5, 110, lambda _: None)
+    assert shared == {"epoch": 20, "epochs": 90}
     lrs = [one_cycle_lr(s, 5 * 10, 0.05) for s in range(20, 51)]  # after the cut: the shorter curve to its end
     assert lrs[-1] == pytest.approx(0.05 / 1e4)
 

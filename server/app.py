@@ -258,7 +258,7 @@ async def predict(
 VIDEO_ERROR_RESPONSES = error_responses(
     {
         400: "Empty upload or malformed multipart body",
-        413: "Over the byte, duration or pixel limit",
+        413: "Over the byte, duration or pixel limit, or decoding it took longer than the analysis time limit",
         415: "Not a video: unsupported container or codec, a still image, text, or a file that cannot be opened",
         422: "No decodable frames, a truncated video, a missing `file` field or an invalid parameter",
         503: "Server busy: the work queue is full, or no room is left to store the video; retry after the "

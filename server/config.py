@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     # when the request ends; bytes are checked while it streams, the duration from the header once it is open.
     max_video_bytes: int = Field(512 * 1024 * 1024, ge=1)
     max_video_seconds: float = Field(600.0, gt=0)
+    # Seconds of decoding one video may take (server/video.py: opening, demuxing, decoding, seeking, converting; not
+    # waits for the work queue or the classifier). Within the limits above, 600 s of 4K at 60 fps (~7 Mbit/s) decodes
+    # through in ~3.5 min on one core (~5 ms a frame, 36,000 frames, +7 ms per sample converted at every=0.1) and
+    # 1080p at 30 fps in under one; a still 4K scene in H.264 at 1000 fps (~250 bytes a frame) would take an hour.
+    max_video_analysis_seconds: float = Field(600.0, gt=0)
     video_temp_dir: Path | None = None  # None: the system's temporary directory
 
     # Live stream (WS /ws): past the cap a client is told to retry later (close 1013); a bigger frame closes the

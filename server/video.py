@@ -17,6 +17,12 @@ decoding them. Reaching the sampled frames (``strategy="auto"``):
 Measured on 60 s of 1280x720 30 fps (benchmarks/bench_video.py; decoded frames and CPU seconds, every=1, with
 OpenCV's before): mp4v (keyframe every 12) 588 frames, 0.8 s (OpenCV 1771, 1.9 s); MJPG 60 frames, 0.25 s
 (OpenCV 89, 2.2 s); H.264 with a keyframe every 250 frames 1706 frames, 2.5 s (OpenCV 1771, 2.5 s).
+
+Every other limit still lets a client send an hour of decoding (a still 4K scene in H.264 at 1000 fps: 600 s in
+150 MiB), so the time the sampler spends reaching frames is bounded too (``max_analysis_seconds``): the clock runs
+while the sampler opens the file, demuxes, decodes, seeks and converts, and stops while it waits with a frame in hand
+(for the classifier, a thread of the work queue, a slow client). It is checked between packets; one frame's cost is
+bounded by the pixel limit.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -119,8 +126,9 @@ class FrameSampler:
     """Frames of a video file at 0, every, 2 * every, ... seconds; constructor opens and validates, ``__iter__``
     yields ``SampledFrame``s, upright (a phone video's rotation applied) and at the header's size. Raises
     ``InputError``: 415 for a file that is not a video, 413 over the duration or pixel limit (also for a later frame
-    larger than the header says: the decoder refuses it before allocating it), 422 for a video without decodable
-    frames or one that stops before its header says it ends.
+    larger than the header says: the decoder refuses it before allocating it) or past ``max_analysis_seconds`` of
+    decoding (see the module's docstring), 422 for a video without decodable frames or one that stops before its
+    header says it ends.
     """
 
     def __init__(
@@ -130,6 +138,7 @@ class FrameSampler:
         *,
         max_seconds: float | None = None,
         max_pixels: int | None = None,
+        max_analysis_seconds: float | None = None,
         strategy: Strategy = "auto",
     ):
         if not EVERY_MIN <= every <= EVERY_MAX:
@@ -139,6 +148,10 @@ class FrameSampler:
         self.max_seconds = max_seconds
         self.max_pixels = max_pixels
         self.strategy: Strategy = strategy
+        self.max_analysis_seconds = max_analysis_seconds
+        # Moved on by the time the sampler waits with a frame in hand (__iter__): only its own work is charged.
+        self._deadline = time.monotonic() + max_analysis_seconds if max_analysis_seconds is not None else math.inf
+        self._reached = 0.0  # time of the latest frame decoded, for the message when the deadline passes
         with open(self.path, "rb") as f:
             head = f.read(4096)
         if not head:
@@ -291,6 +304,13 @@ class FrameSampler:
         if self._packets is None:
             self._packets = self._container.demux(self._stream)
         while True:
+            if time.monotonic() > self._deadline:
+                raise InputError(
+                    413,
+                    f"analysing the video took longer than the limit of {self.max_analysis_seconds:g} s; it was "
+                    f"stopped {self._reached:.1f} s into the video: ask for a larger `every`, or send a shorter or "
+                    "smaller video",
+                )
             try:
                 packet = next(self._packets)
             except StopIteration:
@@ -409,6 +429,7 @@ class FrameSampler:
                     continue
                 sought = False
                 self._index, self._last_t = round(t * fps), t
+                self._reached = max(self._reached, t)
                 # Only a frame that exists past the limit makes a video too long (a header without a
                 # duration was let through at open); a short video with a large `every` just ends.
                 if self.max_seconds is not None and t > self.max_seconds + tolerance:
@@ -416,7 +437,10 @@ class FrameSampler:
             if frame is None:
                 self._check_truncated(target)
                 return
-            yield SampledFrame(index=self._index, t=round(t, 3), image=self._image(frame))
+            sample = SampledFrame(index=self._index, t=round(t, 3), image=self._image(frame))
+            paused = time.monotonic()
+            yield sample
+            self._deadline += time.monotonic() - paused
             # The next target after this frame (several when `every` is shorter than a frame).
             k = max(k + 1, math.floor((t + tolerance) / self.every) + 1)
 
@@ -631,6 +655,7 @@ class VideoAnalysis:
             strategy=strategy,
             max_seconds=settings.max_video_seconds if settings is not None else None,
             max_pixels=settings.max_pixels if settings is not None else None,
+            max_analysis_seconds=settings.max_video_analysis_seconds if settings is not None else None,
         )
         if tracker is None and settings is not None:
             tracker = FaceTracker.from_settings(settings)

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -535,6 +536,70 @@ def test_duration_limit(strict: tuple[LiveServer, Path], tmp_path: Path) -> None
     r = post_video(server, clip)
     assert r.status_code == 413 and "8.0 s long" in r.json()["detail"] and "5 s" in r.json()["detail"]
     assert wait_empty(uploads) == []
+
+
+@pytest.fixture(scope="module")
+def hurried(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Path]]:
+    """A server that gives each video 0.1 s of decoding."""
+    from server.app import create_app
+
+    uploads = tmp_path_factory.mktemp("hurried_uploads")
+    settings = make_settings(model_path, "haar", video_temp_dir=uploads, max_video_analysis_seconds=0.1)
+    with LiveServer(create_app(settings)) as live:
+        yield live, uploads
+
+
+def wait_idle(server: LiveServer, timeout: float = 15.0) -> None:
+    """No job of the work pool pending and no video decoding thread left."""
+    pool = server.app.state.pool  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while pool.pending or any(t.name == "video-decode" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the video's work slot or decoding thread was not freed"
+        time.sleep(0.05)
+
+
+def test_a_video_over_the_analysis_time_limit_is_413(
+    hurried: tuple[LiveServer, Path], server: LiveServer, clips: dict[str, Path]
+) -> None:
+    """Every other limit let a very compressible H.264 of large frames at a high frame rate decode for hours. Here
+    the 20 s clip at every=0.1 (500 frames decoded, ~0.5 s) on a server that allows 0.1 s; its first sample, decoded
+    when the video opens, takes a few ms."""
+    live, uploads = hurried
+    r = post_video(live, clips[".mp4"], every=0.1)
+    assert r.status_code == 413, r.text[:300]
+    detail = r.json()["detail"]
+    assert "took longer than the limit of 0.1 s" in detail and "a larger `every`" in detail, detail
+    assert wait_empty(uploads) == []
+    wait_idle(live)
+
+    r = post_video(live, clips[".mp4"], every=0.1, format="ndjson")
+    assert r.status_code == 200  # the stream had started: its last line says why it stopped
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    frames, error = lines[:-1], lines[-1]
+    assert 1 <= len(frames) < 200 and all("faces" in line for line in frames)
+    nearest = [math.floor(k * 0.1 * 25 + 0.5 - 1e-6) / 25 for k in range(len(frames))]  # 25 fps: 0.1 s -> 0.08 s
+    assert [line["t"] for line in frames] == pytest.approx(nearest, abs=1e-3)
+    assert error["status_code"] == 413 and "took longer than the limit of 0.1 s" in error["detail"], error
+    stopped = float(error["detail"].split("stopped ")[1].split(" s into the video")[0])
+    assert frames[-1]["t"] - 0.05 <= stopped < 20
+    assert wait_empty(uploads) == []
+    wait_idle(live)
+
+    # Under the default limit the same video is analysed to its end.
+    r = post_video(server, clips[".mp4"], every=0.1)
+    assert r.status_code == 200 and len(r.json()["frames"]) == 200
+
+
+def test_time_waiting_with_a_frame_in_hand_is_not_charged(numbered: dict[str, Path]) -> None:
+    # 24 samples whose consumer takes 0.05 s each (the classifier, a thread of the work queue): 1.2 s in all, while
+    # decoding the 160x120 clip takes a few ms.
+    with FrameSampler(numbered[".mp4"], 0.5, max_analysis_seconds=0.5) as sampler:
+        for _ in sampler:
+            time.sleep(0.05)
+    assert sampler.frames_read > 24
+    with pytest.raises(InputError) as err, FrameSampler(numbered[".mp4"], 0.5, max_analysis_seconds=1e-9) as sampler:
+        list(sampler)
+    assert err.value.status_code == 413 and "stopped 0.0 s into the video" in err.value.detail
 
 
 @pytest.mark.parametrize("codec", ["libx264", "libx265"])
